@@ -1,0 +1,74 @@
+"""The ``webiml`` command line.
+
+``webiml fit|validate|test|predict`` is a :class:`lightning.pytorch.cli.LightningCLI` in subclass mode:
+the task (``model``) and the data (``data``) are chosen by ``class_path`` in YAML, every constructor
+argument is a flag (``--model.init_args.lr 3e-4``) and ``--print_config`` shows the resolved config.
+Other verbs (``zoo``, ``localize``, ``demo``, ``export``, ``data``, ``annotate``) are dispatched to
+their own modules before Lightning's parser sees the arguments.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from lightning.pytorch.cli import LightningCLI
+
+from webiml.data.datamodule import IMLDataModule
+from webiml.tasks.iml import IMLTask
+
+# verb -> (one-line help, runner taking the remaining argv and returning an exit status)
+EXTRA_VERBS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
+
+
+def register_verb(name: str, help_text: str) -> Callable[[Callable[[list[str]], int]], Callable[[list[str]], int]]:
+    def deco(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
+        EXTRA_VERBS[name] = (help_text, fn)
+        return fn
+
+    return deco
+
+
+def _load_verbs() -> None:
+    """Import the modules that register verbs (kept lazy so ``webiml fit`` starts fast)."""
+    import importlib
+
+    for module in ("webiml.commands",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
+class WebimlCLI(LightningCLI):
+    """LightningCLI with webiml's defaults: subclass mode, seed 0, config saved next to the logs."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
+        verbs = "".join(f"\n  {name:<10} {text}" for name, (text, _) in sorted(EXTRA_VERBS.items()))
+        super().__init__(
+            IMLTask,
+            IMLDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_kwargs={
+                "description": "webiml: image manipulation localization with PyTorch Lightning.\n"
+                "Training and evaluation: fit, validate, test, predict (LightningCLI)."
+                + (f"\nOther verbs (webiml VERB --help):{verbs}" if verbs else ""),
+            },
+            args=args,
+            run=run,
+        )
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of the ``webiml`` console script; ``args`` defaults to ``sys.argv[1:]``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    _load_verbs()
+    if argv and argv[0] in EXTRA_VERBS:
+        return EXTRA_VERBS[argv[0]][1](argv[1:])
+    WebimlCLI(args=argv)
+    return 0

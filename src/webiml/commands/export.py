@@ -1,0 +1,23 @@
+"""``webiml export CKPT DIR``: a Lightning checkpoint from ``fit`` to config.json + model.safetensors + card."""
+
+from __future__ import annotations
+
+import argparse
+
+from webiml.cli import register_verb
+
+
+@register_verb("export", "export a Lightning .ckpt from `webiml fit` to a from_pretrained folder")
+def export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="webiml export", description=__doc__)
+    parser.add_argument("checkpoint", help="a .ckpt written by `webiml fit` (IMLTask)")
+    parser.add_argument("out_dir", help="folder to write config.json, model.safetensors and README.md into")
+    parser.add_argument("--name", default=None, help="model name for the model card")
+    parser.add_argument("--training-data", default=None, help="training data description for the model card")
+    args = parser.parse_args(argv)
+
+    from webiml.tasks.iml import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out_dir, model_name=args.name, training_data=args.training_data)
+    print(f"wrote {path}/config.json, model.safetensors, README.md; load with webiml.from_pretrained({str(path)!r})")
+    return 0

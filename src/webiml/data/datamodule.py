@@ -1,0 +1,263 @@
+"""``IMLDataModule``: manifests in, aligned training crops and original-resolution evaluation out.
+
+Training reads one or more manifests (samples from several sources can be balanced: a fixed number per
+source per epoch, or per-source repeat factors). Evaluation sets are named (``val: {casia1: a.jsonl,
+columbia: b.jsonl}``): each becomes its own dataloader and its own metrics. Decoding, geometric and
+JPEG augmentation run on the CPU workers; photometric augmentation and normalisation run on the device
+after transfer (see :class:`~webiml.tasks.iml.IMLTask`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from webiml.data.datasets import ManifestDataset, collate_skip_broken, records_from_paths
+from webiml.data.manifest import ManifestRecord, read_manifest
+from webiml.data.samplers import SourceBalancedSampler, UnrepeatedDistributedSampler
+from webiml.data.transforms import make_eval_transform, make_train_transform
+
+EvalSets = Mapping[str, str] | Sequence[str] | str | None
+
+
+def _named_sets(spec: EvalSets) -> dict[str, list[str]]:
+    """Normalise an evaluation-set spec into ``{name: [manifest paths]}``; list items are named by file stem."""
+    if spec is None:
+        return {}
+    if isinstance(spec, str | os.PathLike):
+        spec = [str(spec)]
+    if isinstance(spec, Mapping):
+        return {str(k): [str(v)] if isinstance(v, str | os.PathLike) else [str(x) for x in v] for k, v in spec.items()}
+    named: dict[str, list[str]] = {}
+    for p in spec:
+        name = Path(p).stem if Path(p).stem != "manifest" else Path(p).parent.name
+        while name in named:
+            name += "_"
+        named[name] = [str(p)]
+    return named
+
+
+class IMLDataModule(L.LightningDataModule):
+    """Data for single-image IML.
+
+    Args:
+        train: manifest path(s) for training.
+        val, test: evaluation sets: a manifest path, a list of them, or ``{name: path}``.
+        predict: images to predict: manifests, image files, folders or ``.txt`` lists.
+        batch_size: training batch size per device.
+        eval_batch_size: evaluation batch size (images of different sizes are padded together).
+        num_workers: DataLoader workers per device.
+        crop_size: training crop (padded with ignored pixels when the image is smaller).
+        scale: random rescale range before cropping.
+        hflip: horizontal flip probability.
+        jpeg_p, jpeg_quality: probability and quality range of real JPEG re-compression.
+        blur_p: probability of a random Gaussian blur.
+        crop_bias: probability of choosing a crop that contains manipulated pixels.
+        samples_per_source: balanced sampling: this many training samples per source per epoch.
+        repeat: per-source repeat factors for training (multiplies each source's count).
+        eval_policy: ``"fixed"`` (resize to ``eval_size``) or ``"native"`` (original size, very large
+            images downscaled to ``eval_max_side`` and very small ones upscaled to ``eval_min_side``).
+            Predictions are always mapped back and scored at the original resolution.
+        eval_size, eval_max_side, eval_min_side: parameters of the evaluation policy.
+        pin_memory: pin host memory for faster transfer to an accelerator.
+        seed: seed of the training sampler.
+    """
+
+    def __init__(
+        self,
+        train: str | list[str] | None = None,
+        val: EvalSets = None,
+        test: EvalSets = None,
+        predict: str | list[str] | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int = 1,
+        num_workers: int = 4,
+        crop_size: int = 512,
+        scale: tuple[float, float] = (0.5, 1.5),
+        hflip: float = 0.5,
+        jpeg_p: float = 0.3,
+        jpeg_quality: tuple[int, int] = (50, 100),
+        blur_p: float = 0.0,
+        crop_bias: float = 0.5,
+        samples_per_source: int | None = None,
+        repeat: dict[str, float] | None = None,
+        eval_policy: str = "fixed",
+        eval_size: int = 512,
+        eval_max_side: int = 2048,
+        eval_min_side: int = 256,
+        pin_memory: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_sets = [train] if isinstance(train, str | os.PathLike) else list(train or [])
+        self.val_sets = _named_sets(val)
+        self.test_sets = _named_sets(test)
+        self.predict_inputs = predict
+        self._datasets: dict[str, Any] = {}
+
+    # -- names and records --------------------------------------------------------------------
+    def eval_names(self, stage: str) -> list[str]:
+        """Names of the evaluation sets of ``stage`` ("val" or "test"), in dataloader order."""
+        return list({"val": self.val_sets, "test": self.test_sets}.get(stage, {}))
+
+    @staticmethod
+    def _read(paths: Sequence[str]) -> list[ManifestRecord]:
+        records: list[ManifestRecord] = []
+        for p in paths:
+            records += read_manifest(p)
+        return records
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        eval_tf = make_eval_transform(hp.eval_policy, size=hp.eval_size, max_side=hp.eval_max_side, min_side=hp.eval_min_side)
+        if stage in (None, "fit") and self.train_sets:
+            train_tf = make_train_transform(
+                crop_size=hp.crop_size, scale=tuple(hp.scale), hflip=hp.hflip, jpeg_p=hp.jpeg_p,
+                jpeg_quality=tuple(hp.jpeg_quality), blur_p=hp.blur_p, crop_bias=hp.crop_bias,
+            )
+            self._datasets["train"] = ManifestDataset(self._read(self.train_sets), train_tf, train=True)
+        if stage in (None, "fit", "validate"):
+            self._datasets["val"] = [ManifestDataset(self._read(p), eval_tf) for p in self.val_sets.values()]
+        if stage in (None, "test"):
+            self._datasets["test"] = [ManifestDataset(self._read(p), eval_tf) for p in self.test_sets.values()]
+        if stage in (None, "predict") and self.predict_inputs:
+            self._datasets["predict"] = ManifestDataset(records_from_paths(self.predict_inputs), eval_tf)
+
+    # -- loaders ------------------------------------------------------------------------------
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, dataset: ManifestDataset, batch_size: int, sampler: Any) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
+            collate_fn=collate_skip_broken, pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if "train" not in self._datasets:
+            raise ValueError("no training data: set data.train (or data.init_args.train) to one or more manifests")
+        ds = self._datasets["train"]
+        world, rank = self._world()
+        sampler = SourceBalancedSampler(ds.sources, self.hparams.samples_per_source, self.hparams.repeat, world, rank, self.hparams.seed)
+        return self._loader(ds, self.hparams.batch_size, sampler)
+
+    def _eval_loaders(self, stage: str) -> list[DataLoader]:
+        sets = self._datasets.get(stage) or []
+        if not sets:
+            raise ValueError(f"no {stage} data: set data.{stage} to a manifest, a list of them or {{name: manifest}}")
+        world, rank = self._world()
+        return [self._loader(ds, self.hparams.eval_batch_size, UnrepeatedDistributedSampler(len(ds), world, rank)) for ds in sets]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val") if self.val_sets else []
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        if "predict" not in self._datasets:
+            raise ValueError("no images to predict: set data.predict to images, folders, .txt lists or manifests")
+        ds = self._datasets["predict"]
+        world, rank = self._world()
+        return self._loader(ds, self.hparams.eval_batch_size, UnrepeatedDistributedSampler(len(ds), world, rank))
+
+
+class SyntheticIMLDataModule(IMLDataModule):
+    """:class:`IMLDataModule` over synthetic forgeries generated on first use (deterministic from ``seed``).
+
+    The forgeries are written as real files + manifests under ``root`` by ``prepare_data`` (once, on
+    one process), so training exercises exactly the same file pipeline as real datasets.
+
+    Args:
+        root: folder for the generated data (reused when it already holds the same parameters).
+        num_train, num_val, num_test: number of generated samples per split.
+        size: side of the generated images.
+        photos: where photos come from: ``"procedural"`` (no data needed), a folder of images, or
+            ``"coco-panoptic:PATH"`` / ``"bsds:PATH"`` for the layouts of shared/data/natural.
+        p_authentic: fraction of untouched (authentic) images.
+        data_seed: seed of the generator (val/test use derived seeds, so splits never overlap).
+        **kwargs: everything :class:`IMLDataModule` takes (batch size, crop, augmentation, ...).
+    """
+
+    def __init__(
+        self,
+        root: str = "runs/synthetic-data",
+        num_train: int = 400,
+        num_val: int = 64,
+        num_test: int = 64,
+        size: int = 256,
+        photos: str = "procedural",
+        p_authentic: float = 0.1,
+        data_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        root_path = Path(root)
+        kwargs.setdefault("crop_size", size)
+        super().__init__(
+            train=str(root_path / "train" / "manifest.jsonl"),
+            val={"synthetic": str(root_path / "val" / "manifest.jsonl")},
+            test={"synthetic": str(root_path / "test" / "manifest.jsonl")},
+            **kwargs,
+        )
+        self.root = root_path
+
+    def prepare_data(self) -> None:
+        from webiml.data.synthetic import write_synthetic_dataset
+
+        hp = self.hparams
+        splits = {"train": (hp.num_train, 0), "val": (hp.num_val, 1), "test": (hp.num_test, 2)}
+        for split, (n, offset) in splits.items():
+            if n <= 0:
+                continue
+            pool = make_photo_pool(hp.photos, split=split, seed=hp.data_seed + offset, size=hp.size)
+            write_synthetic_dataset(
+                self.root / split, n, seed=hp.data_seed * 1000 + offset, pool=pool,
+                size=(hp.size, hp.size), p_authentic=hp.p_authentic, source=f"synthetic-{split}",
+            )
+
+
+_SPLIT_SHARES = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}
+
+
+def make_photo_pool(spec: str, split: str = "train", seed: int = 0, size: int = 256) -> Any:
+    """A :class:`~webiml.data.synthetic.PhotoPool` from a spec string, restricted to one split.
+
+    ``spec``: ``"procedural"``, a folder of photos, ``"coco-panoptic:PATH"`` or ``"bsds:PATH"``. Folder
+    photos are split 80/10/10 into train/val/test by a hash of the file name, so generated validation and
+    test forgeries never reuse a training photo; procedural photos differ by seed.
+    """
+    import hashlib
+
+    from webiml.data.synthetic import PhotoPool
+
+    if spec == "procedural":
+        return PhotoPool.procedural(size=(size, size), seed=seed)
+    kind, _, path = spec.partition(":") if ":" in spec and not Path(spec).exists() else ("folder", "", spec)
+    builders = {"folder": PhotoPool.from_folder, "coco-panoptic": PhotoPool.from_coco_panoptic, "bsds": PhotoPool.from_bsds}
+    if kind not in builders:
+        raise ValueError(f"unknown photo source {spec!r}: use 'procedural', a folder, 'coco-panoptic:PATH' or 'bsds:PATH'")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"photo source {spec!r}: {path} is not a folder")
+    pool = builders[kind](path, max_side=max(size * 2, 256))
+    lo, hi = _SPLIT_SHARES[split]
+
+    def bucket(p: Path) -> int:
+        return int(hashlib.sha1(Path(p).name.encode()).hexdigest(), 16) % 100
+
+    pool.entries = [e for e in pool.entries if lo <= bucket(e.image) < hi]
+    if not pool.entries:
+        raise ValueError(f"photo source {spec!r} has no photos in the {split} split")
+    pool.signature["split"] = split
+    pool.signature["n"] = len(pool.entries)
+    return pool

@@ -1,0 +1,96 @@
+"""File I/O shared by the whole project: image and mask decoding with clear errors, atomic writes.
+
+Nothing a user saved may be half-written: every writer here goes through a temporary file in the
+destination folder and an atomic rename.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+Image.MAX_IMAGE_PIXELS = 300_000_000  # web forgeries can be large; refuse only absurd sizes
+
+
+class ImageReadError(ValueError):
+    """An image or mask file could not be decoded; the message names the file and the reason."""
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an image file as RGB ``uint8`` (H, W, 3). Alpha is dropped, palettes and 16-bit are converted."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                scale = 255.0 / max(arr.max(), 1.0)
+                return np.repeat((arr * scale).astype(np.uint8)[..., None], 3, axis=2)
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{path}: cannot decode image ({err})") from None
+
+
+def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode a mask file as ``uint8`` (H, W). Colour masks are reduced with their max channel,
+    boolean/1-bit masks become 0/255; 16-bit masks are rescaled to 0..255."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode == "1":
+                return np.asarray(im, dtype=np.uint8) * 255
+            if im.mode in ("I;16", "I;16B", "I", "F"):
+                arr = np.asarray(im, dtype=np.float64)
+                top = arr.max()
+                if top <= 1.0:
+                    return (arr > 0).astype(np.uint8) * 255
+                return np.clip(arr * (255.0 / (65535.0 if top > 255 else 255.0)), 0, 255).astype(np.uint8)
+            if im.mode in ("L", "P"):
+                return np.asarray(im.convert("L"))
+            return np.asarray(im.convert("RGB")).max(axis=2)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{path}: cannot decode mask ({err})") from None
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def encode_image(array: np.ndarray, fmt: str = "PNG", **params: object) -> bytes:
+    """Encode an (H, W) or (H, W, 3) ``uint8`` array with PIL (``fmt`` e.g. PNG, JPEG)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def save_image(path: str | os.PathLike[str], array: np.ndarray, **params: object) -> None:
+    """Atomically save an image; the format follows the suffix (``.png``, ``.jpg``, ...)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP", "webp": "WEBP"}.get(suffix)
+    if fmt is None:
+        raise ValueError(f"{path}: unsupported image suffix {suffix!r}")
+    atomic_write_bytes(path, encode_image(array, fmt, **params))

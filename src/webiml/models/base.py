@@ -1,0 +1,206 @@
+"""The model contract every webiml IML model follows.
+
+A model is a plain :class:`torch.nn.Module` (no Lightning inside) that takes a *normalised* image batch
+``(B, 3, H, W)`` and returns an :class:`IMLOutput`:
+
+- ``mask_logits`` ``(B, 1, H, W)``: per-pixel manipulation logits at the input resolution;
+- ``image_logits`` ``(B,)`` or ``None``: image-level "was it manipulated" logit;
+- ``aux_mask_logits``: auxiliary mask logits (any resolution) for deep supervision, empty at inference.
+
+Any ``H, W`` works: :class:`IMLModel` pads the input to a multiple of :attr:`IMLModel.size_divisor` and
+crops the outputs back. Losses live in :mod:`webiml.tasks`, not here. Normalisation statistics travel
+with the model (:attr:`IMLModel.input_mean` / :attr:`IMLModel.input_std`) so that training and
+inference can never disagree on preprocessing; :meth:`IMLModel.normalize` applies them.
+
+Models capture their constructor arguments (plain JSON values only) through
+:class:`huggingface_hub.PyTorchModelHubMixin`, which gives ``save_pretrained`` / ``from_pretrained`` /
+``push_to_hub`` with a ``config.json`` + ``model.safetensors`` layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+MODEL_CLASSES: dict[str, type[IMLModel]] = {}
+"""Every :class:`IMLModel` subclass by class name: the only classes a checkpoint's config may name."""
+
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name | default("webiml model", true) }}
+
+An image manipulation localization (IML) model from [webiml]({{ repo_url }}): given a photo it predicts a
+per-pixel map of edited regions and an image-level manipulation score.
+
+- Architecture: `{{ architecture }}` ({{ num_params }} parameters)
+- Input: RGB, normalised with mean {{ mean }} and std {{ std }} (applied by `model.normalize`)
+
+## Usage
+```python
+import webiml
+model = webiml.from_pretrained("{{ load_name | default("path/to/this/folder", true) }}")
+out = model.predict(images_uint8)          # (B, 3, H, W) uint8
+heatmap = out.mask_logits.sigmoid()        # (B, 1, H, W), 1 = manipulated
+score = out.image_probs()                  # (B,)
+```
+
+## Training data
+{{ training_data | default("Not recorded.", true) }}
+
+## Metrics
+{{ metrics | default("Not measured yet.", true) }}
+
+## Intended use
+Research on image forensics: localizing spliced, copy-moved, removed or retouched regions in photos, as
+a tool for human analysts. Scores are evidence, not proof: never use a single model's output alone to
+accuse anyone of manipulating an image.
+
+## Limitations
+{{ limitations | default("Detectors trained on one kind of manipulation generalise poorly to others; heavy
+re-compression, resizing and screenshots destroy many traces; generative edits may go unnoticed.", true) }}
+
+{{ notes | default("", true) }}
+"""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class IMLOutput:
+    """What every IML model returns."""
+
+    mask_logits: Tensor
+    image_logits: Tensor | None = None
+    aux_mask_logits: list[Tensor] = field(default_factory=list)
+
+    def mask_probs(self) -> Tensor:
+        return self.mask_logits.sigmoid()
+
+    def image_probs(self) -> Tensor:
+        """Image-level manipulation probability: the image head if the model has one, else the max of the map."""
+        if self.image_logits is not None:
+            return self.image_logits.sigmoid()
+        return self.mask_logits.sigmoid().flatten(1).amax(dim=1)
+
+
+class IMLModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="webiml",
+    tags=["image-manipulation-localization", "image-forensics"],
+    repo_url="https://github.com/webiml/webiml",
+    license="apache-2.0",
+    model_card_template=MODEL_CARD_TEMPLATE,
+):
+    """Base class of IML models: padding to the size divisor, normalisation constants, hub mixin.
+
+    Subclasses implement :meth:`forward_padded` on an input whose H, W are multiples of
+    :attr:`size_divisor`.
+    """
+
+    size_divisor: int = 32
+    pretrained_init_overrides: ClassVar[dict[str, Any]] = {"encoder_weights": None}
+    """Constructor arguments replaced in a saved config: a checkpoint already holds the encoder's
+    weights, so loading it must not fetch ImageNet weights again."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        MODEL_CLASSES[cls.__name__] = cls
+
+    def __init__(self, mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Map a batch of images (``uint8`` 0..255 or float 0..1) to the model's normalised input."""
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255.0
+        return (x - self.input_mean) / self.input_std
+
+    def forward_padded(self, x: Tensor) -> IMLOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> IMLOutput:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{type(self).__name__} expects a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        d = self.size_divisor
+        ph, pw = (-h) % d, (-w) % d
+        if ph or pw:
+            # Reflect keeps image statistics at the border better than zeros; fall back for tiny inputs.
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        out = self.forward_padded(x)
+        mask = out.mask_logits
+        if mask.shape[-2:] != x.shape[-2:]:
+            mask = F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        out.mask_logits = mask[..., :h, :w]
+        if ph or pw:
+            out.aux_mask_logits = [_crop_fraction(a, h / x.shape[-2], w / x.shape[-1]) for a in out.aux_mask_logits]
+        return out
+
+    # -- hub: config.json + model.safetensors (see webiml.hub) ---------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this model (as saved in ``config.json``)."""
+        cfg = dict(getattr(self, "_hub_mixin_config", None) or {})
+        for key, value in self.pretrained_init_overrides.items():
+            if key in cfg:
+                cfg[key] = value
+        return cfg
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Write ``config.json``, ``model.safetensors`` and a model card (README.md) into ``save_directory``.
+
+        Files are written atomically. Keyword arguments fill the model card (``training_data``,
+        ``metrics``, ``limitations``, ``notes``, ``model_name``) or go to ``push_to_hub``.
+        """
+        from webiml.hub import save_pretrained
+
+        return save_pretrained(self, save_directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Upload ``config.json`` + ``model.safetensors`` + model card to the Hub repo ``repo_id``."""
+        from webiml.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: Any, force_download: bool,
+                         local_files_only: bool, token: Any, map_location: str = "cpu", strict: bool = True,
+                         **model_kwargs: Any) -> IMLModel:
+        """Hub-mixin hook: build from config and load ``model.safetensors`` strictly (never a pickle)."""
+        from webiml.hub import load_safetensors_into, resolve_file
+
+        model = cls(**{**model_kwargs, **{k: v for k, v in cls.pretrained_init_overrides.items() if k in model_kwargs}})
+        weights = resolve_file(model_id, "model.safetensors", revision=revision, cache_dir=cache_dir,
+                               force_download=force_download, local_files_only=local_files_only, token=token)
+        return load_safetensors_into(model, weights, map_location=map_location, strict=strict)
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor) -> IMLOutput:
+        """Inference on raw images (``uint8`` or 0..1 float): normalises, runs in eval mode, returns logits."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(self.normalize(images.to(self.input_mean.device)))
+        finally:
+            self.train(was_training)
+
+
+def _crop_fraction(t: Tensor, fh: float, fw: float) -> Tensor:
+    """Crop the top-left ``fh`` x ``fw`` fraction of a lower-resolution map (undoes bottom/right padding)."""
+    hh = max(1, round(t.shape[-2] * fh))
+    ww = max(1, round(t.shape[-1] * fw))
+    return t[..., :hh, :ww]

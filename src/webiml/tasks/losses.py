@@ -1,0 +1,125 @@
+"""Losses for IML training, all aware of :data:`webiml.data.masks.IGNORE` pixels and per-sample weights.
+
+Mask logits are single-channel (manipulated vs authentic). Binary cross-entropy on one logit equals
+two-class softmax cross-entropy on the logit difference, so the MIML authors' 2-class OHEM
+cross-entropy maps onto :func:`ohem_bce` exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from webiml.data.masks import valid_pixels
+
+
+def _resize_target(target: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of a target so IGNORE and labels survive exactly."""
+    if target.shape[-2:] == size:
+        return target
+    return F.interpolate(target, size=size, mode="nearest")
+
+
+def masked_bce(logits: Tensor, target: Tensor) -> Tensor:
+    """Per-sample mean BCE over supervised pixels, shape (B,). Samples without valid pixels give 0."""
+    valid = valid_pixels(target).float()
+    loss = F.binary_cross_entropy_with_logits(logits, target.clamp(min=0), reduction="none") * valid
+    return loss.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
+
+
+def soft_dice(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
+    """Per-sample soft Dice loss over supervised pixels, shape (B,).
+
+    Computed on the manipulated class; for an authentic sample (no positive pixel) it reduces to a
+    penalty on predicted positive area, so authentic images are not free.
+    """
+    valid = valid_pixels(target).float()
+    probs = logits.sigmoid() * valid
+    t = target.clamp(min=0) * valid
+    inter = (probs * t).flatten(1).sum(1)
+    denom = probs.flatten(1).sum(1) + t.flatten(1).sum(1)
+    return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+
+
+def ohem_bce(logits: Tensor, target: Tensor, thresh: float = 0.7, min_kept: int = 100_000, sample_weight: Tensor | None = None) -> Tensor:
+    """Online hard example mining BCE over the batch (as mmseg's OHEM pixel sampler).
+
+    Keeps supervised pixels whose probability of the true class is below ``thresh``; if fewer than
+    ``min_kept`` pixels qualify, the threshold is raised to the ``min_kept``-th smallest probability.
+    Returns the mean loss over kept pixels (weighted by ``sample_weight`` if given).
+    """
+    valid = valid_pixels(target)
+    t = target.clamp(min=0)
+    with torch.no_grad():
+        p = logits.sigmoid()
+        p_true = torch.where(t > 0.5, p, 1.0 - p)
+        p_valid = p_true[valid]
+        if p_valid.numel() == 0:
+            return logits.sum() * 0.0
+        k = min(min_kept, p_valid.numel())
+        kth = p_valid.kthvalue(k).values if k > 0 else p_valid.new_tensor(0.0)
+        cut = torch.maximum(kth, p_valid.new_tensor(thresh))
+        keep = valid & (p_true <= cut)
+    loss = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    w = keep.float()
+    if sample_weight is not None:
+        w = w * sample_weight.view(-1, *([1] * (logits.ndim - 1)))
+    return (loss * w).sum() / keep.float().sum().clamp(min=1)
+
+
+class IMLLoss(nn.Module):
+    """Pixel BCE (or OHEM BCE) + Dice on the main mask, the same on auxiliary masks, BCE on the image logit.
+
+    Args:
+        bce_weight: weight of the pixel BCE term.
+        dice_weight: weight of the Dice term.
+        ohem_thresh: if set, the BCE term uses OHEM with this probability threshold (MIML: 0.7).
+        ohem_min_kept: OHEM's minimum number of kept pixels per batch.
+        image_weight: weight of the image-level BCE (ignored when the model has no image head).
+        aux_weights: weight of each auxiliary output (a single float applies to all; MIML: 0.5).
+    """
+
+    def __init__(
+        self,
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        ohem_thresh: float | None = None,
+        ohem_min_kept: int = 100_000,
+        image_weight: float = 0.5,
+        aux_weights: float | list[float] = 0.4,
+    ) -> None:
+        super().__init__()
+        self.bce_weight, self.dice_weight = bce_weight, dice_weight
+        self.ohem_thresh, self.ohem_min_kept = ohem_thresh, ohem_min_kept
+        self.image_weight, self.aux_weights = image_weight, aux_weights
+
+    def mask_loss(self, logits: Tensor, target: Tensor, sample_weight: Tensor) -> Tensor:
+        target = _resize_target(target, tuple(logits.shape[-2:]))
+        total = logits.new_zeros(())
+        if self.bce_weight:
+            if self.ohem_thresh is not None:
+                bce = ohem_bce(logits, target, self.ohem_thresh, self.ohem_min_kept, sample_weight)
+            else:
+                bce = (masked_bce(logits, target) * sample_weight).mean()
+            total = total + self.bce_weight * bce
+        if self.dice_weight:
+            total = total + self.dice_weight * (soft_dice(logits, target) * sample_weight).mean()
+        return total
+
+    def forward(self, output, target: Tensor, label: Tensor | None = None, sample_weight: Tensor | None = None) -> dict[str, Tensor]:
+        """Return ``{"loss": total, "loss_mask": ..., "loss_aux": ..., "loss_image": ...}``."""
+        if sample_weight is None:
+            sample_weight = target.new_ones(target.shape[0])
+        parts = {"loss_mask": self.mask_loss(output.mask_logits, target, sample_weight)}
+        if output.aux_mask_logits:
+            n = len(output.aux_mask_logits)
+            weights = self.aux_weights if isinstance(self.aux_weights, list | tuple) else [self.aux_weights] * n
+            if len(weights) != n:
+                raise ValueError(f"aux_weights has {len(weights)} entries but the model returned {n} auxiliary outputs")
+            parts["loss_aux"] = sum(w * self.mask_loss(a, target, sample_weight) for w, a in zip(weights, output.aux_mask_logits, strict=True))
+        if output.image_logits is not None and label is not None and self.image_weight:
+            img = F.binary_cross_entropy_with_logits(output.image_logits, label.float(), reduction="none")
+            parts["loss_image"] = self.image_weight * (img * sample_weight).mean()
+        parts["loss"] = sum(parts.values())
+        return parts

@@ -1,0 +1,79 @@
+"""Optimiser parameter groups (weight decay, layer-wise lr decay) and warmup + cosine/poly schedules."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import nn
+
+_STAGE = re.compile(r"(?:^|\.)(?:stages|blocks|layers|layer|stage|features)\.?(\d+)(?:\.|$)")
+
+
+def encoder_layer_id(name: str, num_layers: int) -> int:
+    """Depth index of an encoder parameter: 0 for the stem, ``k + 1`` for stage/block ``k``."""
+    m = _STAGE.search(name)
+    if m is None:
+        return 0
+    return min(int(m.group(1)) + 1, num_layers - 1)
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    encoder_prefix: str = "encoder",
+) -> list[dict]:
+    """Parameter groups for AdamW.
+
+    No weight decay on biases and normalisation weights (1-D tensors). With ``layer_decay`` (e.g. 0.9,
+    as the MIML recipe), encoder parameters at depth ``i`` of ``L`` get ``lr_scale = decay ** (L - i)``;
+    everything outside the encoder (decoder, heads) keeps ``lr_scale = 1``. The encoder is found as the
+    first submodule whose qualified name ends with ``encoder_prefix``.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    enc_names = [n for n, _ in model.named_modules() if n.split(".")[-1] == encoder_prefix]
+    enc = enc_names[0] + "." if enc_names else None
+    depth = 0
+    if layer_decay is not None and enc is not None:
+        depth = max((encoder_layer_id(n[len(enc):], 10_000) for n, _ in named if n.startswith(enc)), default=0) + 1
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in named:
+        wd = 0.0 if p.ndim <= 1 or name.endswith(".bias") else weight_decay
+        scale = 1.0
+        if layer_decay is not None and enc is not None and name.startswith(enc):
+            scale = layer_decay ** (depth - encoder_layer_id(name[len(enc):], depth))
+        groups.setdefault((wd, scale), []).append(p)
+    return [{"params": ps, "weight_decay": wd, "lr_scale": s} for (wd, s), ps in groups.items()]
+
+
+def lr_lambda(schedule: str, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0, poly_power: float = 1.0):
+    """Multiplicative lr factor per step: linear warmup, then ``cosine``, ``poly`` or ``constant``."""
+    if schedule not in ("cosine", "poly", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r}; choose cosine, poly or constant")
+    total = max(total_steps, 1)
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(max(step - warmup_steps, 0) / max(total - warmup_steps, 1), 1.0)
+        if schedule == "cosine":
+            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            decay = (1.0 - progress) ** poly_power
+        return min_lr_ratio + (1.0 - min_lr_ratio) * decay
+
+    return factor
+
+
+class ScaledLambdaLR(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR that also honours each group's ``lr_scale`` (layer-wise lr decay)."""
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        return [
+            base * lmbda(self.last_epoch) * group.get("lr_scale", 1.0)
+            for base, lmbda, group in zip(self.base_lrs, self.lr_lambdas, self.optimizer.param_groups, strict=True)
+        ]

@@ -1,0 +1,34 @@
+"""Shared fixtures. Tests are offline: the Hugging Face Hub is never contacted."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The research-only data of ../shared/data; tests using it skip cleanly when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generated forgery dataset (train/val/test manifests of 64x64 images), built once per session."""
+    from webiml.data.synthetic import PhotoPool, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    for split, n, seed in (("train", 16, 0), ("val", 8, 1), ("test", 8, 2)):
+        write_synthetic_dataset(root / split, n, seed=seed, pool=PhotoPool.procedural(size=(64, 64), seed=seed),
+                                size=(64, 64), p_authentic=0.25, source=f"tiny-{split}")
+    return root

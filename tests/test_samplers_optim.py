@@ -1,0 +1,81 @@
+"""Balanced / unrepeated samplers under simulated DDP, parameter groups and lr schedules."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from webiml.data.samplers import SourceBalancedSampler, UnrepeatedDistributedSampler
+from webiml.models import SmpIML
+from webiml.tasks.optim import ScaledLambdaLR, lr_lambda, param_groups
+
+
+def test_balanced_sampler_fixed_count_per_source() -> None:
+    sources = ["a"] * 100 + ["b"] * 5
+    s = SourceBalancedSampler(sources, samples_per_source=20, seed=1)
+    idx = list(s)
+    counts = Counter(sources[i] for i in idx)
+    assert counts == {"a": 20, "b": 20}
+    assert len(s) == 40
+    b_idx = [i for i in idx if sources[i] == "b"]
+    assert Counter(b_idx) == {i: 4 for i in range(100, 105)}  # whole passes before repeats
+
+
+def test_balanced_sampler_repeat_factors_and_epochs() -> None:
+    sources = ["a"] * 10 + ["b"] * 10
+    s = SourceBalancedSampler(sources, repeat={"b": 3}, seed=0)
+    counts = Counter(sources[i] for i in s)
+    assert counts == {"a": 10, "b": 30}
+    first = list(s)
+    s.set_epoch(1)
+    assert list(s) != first
+    with pytest.raises(ValueError, match="absent"):
+        SourceBalancedSampler(sources, repeat={"zzz": 2})
+
+
+def test_balanced_sampler_ranks_partition() -> None:
+    sources = ["a"] * 7 + ["b"] * 4
+    full = list(SourceBalancedSampler(sources, seed=3))
+    parts = [list(SourceBalancedSampler(sources, num_replicas=2, rank=r, seed=3)) for r in range(2)]
+    assert len(parts[0]) == len(parts[1])
+    merged = [x for pair in zip(*parts, strict=False) for x in pair]
+    assert sorted(merged[: len(full)]) == sorted(full)
+
+
+def test_unrepeated_sampler_covers_each_index_once() -> None:
+    parts = [list(UnrepeatedDistributedSampler(11, num_replicas=3, rank=r)) for r in range(3)]
+    assert sorted(sum(parts, [])) == list(range(11))
+    assert [len(UnrepeatedDistributedSampler(11, 3, r)) for r in range(3)] == [4, 4, 3]
+
+
+def test_param_groups_layer_decay() -> None:
+    model = SmpIML()
+    groups = param_groups(model, weight_decay=0.05, layer_decay=0.9)
+    n_params = sum(len(g["params"]) for g in groups)
+    assert n_params == len([p for p in model.parameters() if p.requires_grad])
+    scales = {g["lr_scale"] for g in groups}
+    assert max(scales) == 1.0 and min(scales) < 0.5  # stem is decayed the most
+    assert any(g["weight_decay"] == 0.0 for g in groups)
+    flat = param_groups(model, weight_decay=0.05, layer_decay=None)
+    assert {g["lr_scale"] for g in flat} == {1.0}
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "poly", "constant"])
+def test_lr_schedules(schedule: str) -> None:
+    f = lr_lambda(schedule, total_steps=100, warmup_steps=10, min_lr_ratio=0.0)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    if schedule == "constant":
+        assert f(99) == 1.0
+    else:
+        assert f(100) == pytest.approx(0.0, abs=1e-9)
+        assert f(50) < 1.0
+
+
+def test_scaled_lambda_lr_applies_group_scale() -> None:
+    p1, p2 = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([{"params": [p1], "lr_scale": 1.0}, {"params": [p2], "lr_scale": 0.5}], lr=1.0)
+    ScaledLambdaLR(opt, lambda step: 1.0)
+    assert [g["lr"] for g in opt.param_groups] == [1.0, 0.5]
