@@ -333,12 +333,16 @@ def _card_kwargs(model: IMLModel, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_pretrained(model: IMLModel, save_directory: str | os.PathLike[str], *, push_to_hub: bool = False,
-                    repo_id: str | None = None, **kwargs: Any) -> Any:
+                    repo_id: str | None = None, dtype: torch.dtype | str | None = None, **kwargs: Any) -> Any:
     """Write ``config.json`` + ``model.safetensors`` + ``README.md`` (model card) atomically into a folder.
 
     ``kwargs`` fill the model card (``model_name``, ``training_data``, ``metrics``, ``limitations``,
-    ``notes``); with ``push_to_hub=True`` the folder is then uploaded to ``repo_id``.
+    ``notes``); with ``push_to_hub=True`` the folder is then uploaded to ``repo_id``. ``dtype`` (e.g.
+    ``"float16"``) stores floating-point tensors in that precision to halve the file; loading casts them
+    back to the model's dtype.
     """
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
     card_keys = {"model_name", "training_data", "metrics", "limitations", "notes", "load_name"}
     card = {k: kwargs.pop(k) for k in list(kwargs) if k in card_keys}
     out = Path(save_directory)
@@ -348,7 +352,8 @@ def save_pretrained(model: IMLModel, save_directory: str | os.PathLike[str], *, 
     fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".safetensors.tmp", dir=out)
     os.close(fd)
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+                 for k, v in model.state_dict().items()}
         meta = {"webiml_architecture": config["architecture"], "webiml_config": json.dumps(model.config, sort_keys=True),
                 "format": "pt"}
         save_file(state, tmp, metadata=meta)

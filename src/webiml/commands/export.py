@@ -14,10 +14,12 @@ def export(argv: list[str]) -> int:
     parser.add_argument("out_dir", help="folder to write config.json, model.safetensors and README.md into")
     parser.add_argument("--name", default=None, help="model name for the model card")
     parser.add_argument("--training-data", default=None, help="training data description for the model card")
+    parser.add_argument("--half", action="store_true", help="store weights as float16 (half the size; loads as float32)")
     args = parser.parse_args(argv)
 
     from webiml.tasks.iml import export_checkpoint
 
-    path = export_checkpoint(args.checkpoint, args.out_dir, model_name=args.name, training_data=args.training_data)
+    path = export_checkpoint(args.checkpoint, args.out_dir, model_name=args.name, training_data=args.training_data,
+                             dtype="float16" if args.half else None)
     print(f"wrote {path}/config.json, model.safetensors, README.md; load with webiml.from_pretrained({str(path)!r})")
     return 0

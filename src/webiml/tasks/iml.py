@@ -149,7 +149,7 @@ class IMLTask(L.LightningModule):
         parts = self.criterion(out, batch["mask"], batch.get("label"), batch.get("weight"))
         self.log(f"{stage}/loss", parts["loss"], batch_size=bs, add_dataloader_idx=True, sync_dist=True)
         probs = out.mask_logits.sigmoid().float()
-        restored = [restore_prediction(probs[i], batch["valid_size"][i], batch["orig_size"][i]) for i in range(bs)]
+        restored = [_restore(probs[i], batch, i) for i in range(bs)]
         targets = [t.to(self.device) for t in batch["mask_orig"]]
         metrics = self._metrics(stage, dataloader_idx)
         metrics["pixel"].update(restored, targets)
@@ -205,7 +205,7 @@ class IMLTask(L.LightningModule):
         for i in range(probs.shape[0]):
             results.append({
                 "path": batch["path"][i] if "path" in batch else None,
-                "mask_probs": restore_prediction(probs[i], batch["valid_size"][i], batch["orig_size"][i]).cpu(),
+                "mask_probs": _restore(probs[i], batch, i).cpu(),
                 "image_score": float(scores[i]),
             })
         return results
@@ -219,6 +219,11 @@ class IMLTask(L.LightningModule):
         warmup = int(hp.warmup_steps * total) if 0 < hp.warmup_steps < 1 else int(hp.warmup_steps)
         scheduler = ScaledLambdaLR(optimizer, lr_lambda(hp.schedule, total, warmup, hp.min_lr_ratio, hp.poly_power))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _restore(probs: Tensor, batch: dict[str, Any], i: int) -> Tensor:
+    """Map sample ``i``'s probabilities back to its original resolution (clamped: resampling may overshoot by ulps)."""
+    return restore_prediction(probs, batch["valid_size"][i], batch["orig_size"][i]).clamp_(0.0, 1.0)
 
 
 def load_pretrained_weights(net: IMLModel, name_or_path: str) -> None:
