@@ -10,6 +10,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny test tensors gain nothing from intra-op threads, and on a shared 2-core machine several threads per
+# process oversubscribe the cores (DataLoader workers, DDP subprocesses): one thread is faster and steadier.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

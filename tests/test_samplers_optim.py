@@ -79,3 +79,14 @@ def test_scaled_lambda_lr_applies_group_scale() -> None:
     opt = torch.optim.AdamW([{"params": [p1], "lr_scale": 1.0}, {"params": [p2], "lr_scale": 0.5}], lr=1.0)
     ScaledLambdaLR(opt, lambda step: 1.0)
     assert [g["lr"] for g in opt.param_groups] == [1.0, 0.5]
+
+
+def test_layer_decay_finds_backbones_and_timm_feature_stages() -> None:
+    from webiml.models import APSCNet, WebIML
+    from webiml.tasks.optim import encoder_layer_id
+
+    assert encoder_layer_id("stages_2.blocks.0.conv_dw.weight", 100) == 3  # timm features_only naming
+    assert encoder_layer_id("stages.1.downsample.1.weight", 100) == 2
+    for model in (APSCNet(size="tiny", image_head=False), WebIML(size="tiny")):
+        scales = {g["lr_scale"] for g in param_groups(model, 0.05, layer_decay=0.9)}
+        assert min(scales) < 0.9 < max(scales) == 1.0, type(model).__name__

@@ -8,7 +8,9 @@ import re
 import torch
 from torch import nn
 
-_STAGE = re.compile(r"(?:^|\.)(?:stages|blocks|layers|layer|stage|features)\.?(\d+)(?:\.|$)")
+# "stages.2", "blocks.2" (timm), "stages_2" (timm features_only), "layer2" (torchvision ResNet), ...
+_STAGE = re.compile(r"(?:^|\.)(?:stages|blocks|layers|layer|stage|features)[._]?(\d+)(?:\.|$)")
+ENCODER_NAMES = ("encoder", "backbone")
 
 
 def encoder_layer_id(name: str, num_layers: int) -> int:
@@ -23,17 +25,18 @@ def param_groups(
     model: nn.Module,
     weight_decay: float,
     layer_decay: float | None = None,
-    encoder_prefix: str = "encoder",
+    encoder_names: tuple[str, ...] = ENCODER_NAMES,
 ) -> list[dict]:
     """Parameter groups for AdamW.
 
     No weight decay on biases and normalisation weights (1-D tensors). With ``layer_decay`` (e.g. 0.9,
     as the MIML recipe), encoder parameters at depth ``i`` of ``L`` get ``lr_scale = decay ** (L - i)``;
-    everything outside the encoder (decoder, heads) keeps ``lr_scale = 1``. The encoder is found as the
-    first submodule whose qualified name ends with ``encoder_prefix``.
+    everything outside the encoder (decoder, heads) keeps ``lr_scale = 1``. The encoder is the first
+    submodule whose own name is one of ``encoder_names`` (``encoder`` for smp / Web-IML, ``backbone`` for
+    APSC-Net, whose module names follow the official checkpoint).
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    enc_names = [n for n, _ in model.named_modules() if n.split(".")[-1] == encoder_prefix]
+    enc_names = [n for n, _ in model.named_modules() if n.split(".")[-1] in encoder_names]
     enc = enc_names[0] + "." if enc_names else None
     depth = 0
     if layer_decay is not None and enc is not None:

@@ -1,0 +1,43 @@
+"""``webiml convert MODEL CHECKPOINT OUT_DIR``: upstream checkpoint -> webiml model directory.
+
+Example: ``webiml convert apsc-net APSC-Net.pth weights/apsc-net`` reads the MIML authors' mmcv
+checkpoint safely (``torch.load(weights_only=True)``), maps its keys, checks every shape, loads it
+strictly and writes ``config.json`` + ``model.safetensors``, loadable with
+``APSCNet.from_pretrained(OUT_DIR)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from webiml.cli import register_verb
+
+
+def _parser() -> argparse.ArgumentParser:
+    from webiml.convert import CONVERTERS
+
+    parser = argparse.ArgumentParser(
+        prog="webiml convert",
+        description="Convert an upstream checkpoint into a webiml model directory (config.json + model.safetensors).",
+    )
+    parser.add_argument("model", choices=sorted(CONVERTERS), help="; ".join(f"{k}: {d}" for k, (d, _) in sorted(CONVERTERS.items())))
+    parser.add_argument("checkpoint", help="upstream checkpoint file (read with torch.load(weights_only=True))")
+    parser.add_argument("out_dir", help="output directory for config.json and model.safetensors")
+    return parser
+
+
+@register_verb("convert", "convert an upstream checkpoint (e.g. apsc-net) to a webiml model directory")
+def run(argv: list[str]) -> int:
+    from webiml.convert import CONVERTERS, ConversionError
+
+    args = _parser().parse_args(argv)
+    _, convert = CONVERTERS[args.model]
+    try:
+        model = convert(args.checkpoint, args.out_dir)
+    except ConversionError as err:
+        print(f"webiml convert: error: {err}", file=sys.stderr)
+        return 1
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out_dir} ({type(model).__name__}, {n:,} parameters)")
+    return 0
