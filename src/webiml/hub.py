@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -328,8 +329,10 @@ def _card_kwargs(model: IMLModel, extra: dict[str, Any]) -> dict[str, Any]:
     mean = [round(float(v), 4) for v in model.input_mean.flatten()]
     std = [round(float(v), 4) for v in model.input_std.flatten()]
     n = sum(p.numel() for p in model.parameters())
+    # A model module may document its provenance (paper / upstream code / own choices) for the card.
+    notes = getattr(sys.modules.get(type(model).__module__), "MODEL_CARD_NOTES", "")
     return {"architecture": type(model).__name__, "num_params": f"{n / 1e6:.1f}M", "mean": mean, "std": std,
-            **extra}
+            "notes": notes, **extra}
 
 
 def save_pretrained(model: IMLModel, save_directory: str | os.PathLike[str], *, push_to_hub: bool = False,

@@ -1,9 +1,13 @@
-"""IML models: plain ``nn.Module`` s following the contract of :mod:`webiml.models.base`."""
+"""IML models: plain ``nn.Module`` s following the contract of :mod:`webiml.models.base`.
 
-from webiml.models.apsc_net import APSCNet, apsc_net
+The size-preset builders ``webiml.models.apsc_net.apsc_net`` and ``webiml.models.web_iml.web_iml`` are
+not re-exported here: their names are those of their modules.
+"""
+
+from webiml.models.apsc_net import APSCNet
 from webiml.models.base import MODEL_CLASSES, IMLModel, IMLOutput
 from webiml.models.baselines import SmpIML
-from webiml.models.web_iml import WebIML, web_iml, web_iml_base, web_iml_small, web_iml_tiny
+from webiml.models.web_iml import WebIML, web_iml_base, web_iml_small, web_iml_tiny
 
 __all__ = [
     "MODEL_CLASSES",
@@ -12,8 +16,6 @@ __all__ = [
     "IMLOutput",
     "SmpIML",
     "WebIML",
-    "apsc_net",
-    "web_iml",
     "web_iml_base",
     "web_iml_small",
     "web_iml_tiny",
