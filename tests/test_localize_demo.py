@@ -97,3 +97,17 @@ def test_zoo_list_and_info(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["zoo", "info", "apsc-net-convnext-b-miml"]) == 0
     assert "webiml convert apsc-net" in capsys.readouterr().out
     assert main(["zoo", "info", "nope"]) == 2
+
+
+def test_small_images_of_one_size_are_batched() -> None:
+    model = _Pointwise().eval()
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    rng = np.random.default_rng(3)
+    imgs = [rng.integers(0, 256, (40, 50, 3), dtype=np.uint8) for _ in range(5)] + [rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)]
+    loc = Localizer(model, device="cpu", tile=64, batch_size=4)
+    results = list(loc.localize_many(imgs))
+    assert calls == [4, 1, 1]
+    for img, r in zip(imgs, results, strict=True):
+        assert r.mask_probs.shape == img.shape[:2]
+        assert np.allclose(r.mask_probs, loc.localize(img).mask_probs, atol=1e-6)

@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +21,17 @@ from torch import Tensor
 from webiml.models.base import IMLModel
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+
+
+def _as_chw_uint8(image: np.ndarray | Tensor) -> Tensor:
+    t = torch.as_tensor(np.asarray(image)) if not isinstance(image, Tensor) else image
+    if t.ndim == 3 and t.shape[-1] == 3 and t.shape[0] != 3:
+        t = t.permute(2, 0, 1)
+    if t.ndim != 3 or t.shape[0] != 3 or t.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 RGB image (H, W, 3) or (3, H, W), got {tuple(t.shape)} {t.dtype}")
+    return t.contiguous()
 
 
 @dataclass
@@ -86,17 +98,35 @@ class Localizer:
 
     def localize(self, image: np.ndarray | Tensor) -> Localization:
         """Localize one image given as ``uint8`` (H, W, 3) array or (3, H, W) tensor."""
-        return next(iter(self.localize_many([image])))
+        return self._localize_one(_as_chw_uint8(image))
 
     def localize_many(self, images: Iterable[np.ndarray | Tensor]) -> Iterator[Localization]:
-        """Localize images one after another (tiles of one image are batched)."""
-        for image in images:
-            t = torch.as_tensor(np.asarray(image)) if not isinstance(image, Tensor) else image
-            if t.ndim == 3 and t.shape[-1] == 3 and t.shape[0] != 3:
-                t = t.permute(2, 0, 1)
-            if t.ndim != 3 or t.shape[0] != 3 or t.dtype != torch.uint8:
-                raise ValueError(f"expected a uint8 RGB image (H, W, 3) or (3, H, W), got {tuple(t.shape)} {t.dtype}")
-            yield self._localize_one(t.contiguous())
+        """Localize images in order: consecutive small images of the same size run as one batch, the tiles
+        of a large image run in batches."""
+        for _, result in self.localize_stream(enumerate(images)):
+            yield result
+
+    def localize_stream(self, items: Iterable[tuple[K, np.ndarray | Tensor]]) -> Iterator[tuple[K, Localization]]:
+        """Like :meth:`localize_many` for ``(key, image)`` pairs; yields ``(key, result)`` in input order."""
+        pending: list[tuple[K, Tensor]] = []
+        for key, image in items:
+            t = _as_chw_uint8(image)
+            if max(t.shape[-2:]) > self.tile:
+                yield from self._flush(pending)
+                yield key, self._localize_one(t)
+                continue
+            if pending and (pending[0][1].shape != t.shape or len(pending) == self.batch_size):
+                yield from self._flush(pending)
+            pending.append((key, t))
+        yield from self._flush(pending)
+
+    def _flush(self, pending: list[tuple[K, Tensor]]) -> Iterator[tuple[K, Localization]]:
+        if not pending:
+            return
+        probs, scores = self._forward(torch.stack([t for _, t in pending]))
+        for (key, _), p, s in zip(pending, probs, scores, strict=True):
+            yield key, Localization(p.numpy(), float(s))
+        pending.clear()
 
     def _localize_one(self, image: Tensor) -> Localization:
         _, h, w = image.shape

@@ -103,14 +103,22 @@ def localize(argv: list[str]) -> int:
     rows: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     start = time.perf_counter()
-    for item in tqdm(loader, total=len(paths), desc="localize", unit="img"):
-        i = item["index"]
-        if item["error"] is not None:
-            failed.append((paths[i], item["error"]))
-            tqdm.write(f"skipped {item['error']}")
-            continue
-        image = item["image"]
-        result = localizer.localize(image)
+    images: dict[int, Any] = {}
+
+    def decoded() -> Any:
+        """Readable images from the loader, in order; unreadable ones are reported and skipped."""
+        for item in loader:
+            if item["error"] is not None:
+                failed.append((paths[item["index"]], item["error"]))
+                tqdm.write(f"skipped {item['error']}")
+                progress.update(1)
+                continue
+            images[item["index"]] = item["image"]
+            yield item["index"], item["image"]
+
+    progress = tqdm(total=len(paths), desc="localize", unit="img")
+    for i, result in localizer.localize_stream(decoded()):
+        image = images.pop(i)
         prob8 = np.round(result.mask_probs * 255).astype(np.uint8)
         save_image(out / f"{names[i]}_prob.png", prob8)
         save_image(out / f"{names[i]}_mask.png", (result.binary_mask(args.threshold) * 255).astype(np.uint8))
@@ -120,6 +128,8 @@ def localize(argv: list[str]) -> int:
         rows.append({"path": paths[i], "name": names[i], "width": image.shape[1], "height": image.shape[0],
                      "image_score": round(result.image_score, 6), "manipulated": int(result.image_score >= args.threshold),
                      "manipulated_area": round(area, 6)})
+        progress.update(1)
+    progress.close()
     elapsed = time.perf_counter() - start
     buf = io.StringIO()
     fields = ["path", "name", "width", "height", "image_score", "manipulated", "manipulated_area"]
