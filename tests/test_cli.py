@@ -119,3 +119,12 @@ def test_ddp_two_processes_equal_single_process(tmp_path: Path, tiny_dataset: Pa
     assert set(single) == set(ddp)
     for key, value in single.items():
         assert ddp[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+@pytest.mark.parametrize("name", ["classifier", "spg_segmenter", "sdg_segmenter"])
+def test_caaa_configs_fit_fast_dev_run(name: str, tmp_path: Path) -> None:
+    """The CAAAv2 part configs run through the same CLI (any LightningModule by class_path)."""
+    cfg = REPO / "configs" / "caaa" / f"{name}.yaml"
+    main(["fit", "--config", str(cfg), "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
+          "--data.init_args.root", str(tmp_path / "pairs"), "--data.init_args.num_workers", "0",
+          "--data.init_args.num_train", "8", "--data.init_args.num_val", "4", "--data.init_args.num_test", "4"])

@@ -12,10 +12,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
+import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from webiml.data.datamodule import IMLDataModule
-from webiml.tasks.iml import IMLTask
+# Imported so that their classes resolve by short name too (e.g. `--model IMLTask`).
+import webiml.data.datamodule  # noqa: F401
+import webiml.tasks.iml  # noqa: F401
 
 # verb -> (one-line help, runner taking the remaining argv and returning an exit status)
 EXTRA_VERBS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
@@ -46,9 +48,11 @@ class WebimlCLI(LightningCLI):
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
         verbs = "".join(f"\n  {name:<10} {text}" for name, (text, _) in sorted(EXTRA_VERBS.items()))
+        # Any LightningModule / LightningDataModule may be named by class_path (IMLTask, the CAAAv2 pair
+        # tasks, ...); webiml's own configs always name theirs.
         super().__init__(
-            IMLTask,
-            IMLDataModule,
+            L.LightningModule,
+            L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
             seed_everything_default=0,

