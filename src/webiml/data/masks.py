@@ -40,7 +40,7 @@ def target_from_mask(mask: np.ndarray | torch.Tensor, band: IgnoreBand | tuple[i
     low, high = band
     if not 0 <= low < high <= 255:
         raise ValueError(f"ignore band must satisfy 0 <= low < high <= 255, got ({low}, {high})")
-    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+    m = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.array(mask))  # copy: decoded arrays are read-only
     if m.dtype == torch.bool:
         return m.float()
     m = m.to(torch.int16)
