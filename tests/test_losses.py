@@ -84,3 +84,15 @@ def test_aux_and_image_terms() -> None:
     assert torch.allclose(parts["loss"], parts["loss_mask"] + parts["loss_aux"] + parts["loss_image"])
     parts["loss"].backward()
     assert all(a.grad is not None for a in out.aux_mask_logits)
+
+
+def test_dice_skips_authentic_samples() -> None:
+    """Dice only counts samples with manipulated pixels; authentic samples are left to BCE."""
+    crit = IMLLoss(bce_weight=0.0, dice_weight=1.0, image_weight=0.0)
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, :, :2] = 1
+    logits = (target * 2 - 1) * 50
+    logits[1] = 5.0  # the authentic sample predicts "manipulated" everywhere: not Dice's business
+    assert crit(IMLOutput(mask_logits=logits), target)["loss"].item() < 1e-3
+    all_authentic = torch.zeros(2, 1, 4, 4)
+    assert crit(IMLOutput(mask_logits=logits), all_authentic)["loss"].item() == 0.0

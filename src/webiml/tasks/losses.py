@@ -29,10 +29,11 @@ def masked_bce(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def soft_dice(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
-    """Per-sample soft Dice loss over supervised pixels, shape (B,).
+    """Per-sample soft Dice loss of the manipulated class over supervised pixels, shape (B,).
 
-    Computed on the manipulated class; for an authentic sample (no positive pixel) it reduces to a
-    penalty on predicted positive area, so authentic images are not free.
+    On a sample without any manipulated pixel the loss is ``1 - 1 / (1 + predicted area)``: it punishes
+    a handful of positive pixels as much as a whole wrong mask, so :class:`IMLLoss` applies Dice only to
+    samples that contain manipulated pixels and leaves authentic ones to the BCE term.
     """
     valid = valid_pixels(target).float()
     probs = logits.sigmoid() * valid
@@ -104,7 +105,9 @@ class IMLLoss(nn.Module):
                 bce = (masked_bce(logits, target) * sample_weight).mean()
             total = total + self.bce_weight * bce
         if self.dice_weight:
-            total = total + self.dice_weight * (soft_dice(logits, target) * sample_weight).mean()
+            has_positive = ((target > 0.5).flatten(1).any(1)).float() * sample_weight
+            dice = (soft_dice(logits, target) * has_positive).sum() / has_positive.sum().clamp(min=1e-6)
+            total = total + self.dice_weight * dice
         return total
 
     def forward(self, output, target: Tensor, label: Tensor | None = None, sample_weight: Tensor | None = None) -> dict[str, Tensor]:
