@@ -83,6 +83,8 @@ def test_fit_validate_test_predict_round_trip(tmp_path: Path, tiny_dataset: Path
         for key in ("pixel_f1", "pixel_iou", "pixel_f1_best", "pixel_f1_permuted", "pixel_auc", "image_auc", "image_balanced_acc"):
             assert f"test/{name}/{key}" in results
     assert 0.0 <= results["test/tinytest/pixel_f1"] <= 1.0
+    table = _latest(tmp_path, "results.md").read_text()  # ResultsTable is a default callback of the CLI
+    assert "tinytest" in table and "tinyval" in table and "native" in table
     # The same checkpoint gives the same validation numbers on the same data in fit and validate.
     assert results["test/tinyval/pixel_f1"] == pytest.approx(val["val/tinyval/pixel_f1"], abs=1e-6)
 

@@ -12,13 +12,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-import lightning as L
-from lightning.pytorch.cli import LightningCLI
-
-# Imported so that their classes resolve by short name too (e.g. `--model IMLTask`).
-import webiml.data.datamodule  # noqa: F401
-import webiml.tasks.iml  # noqa: F401
-
 # verb -> (one-line help, runner taking the remaining argv and returning an exit status)
 EXTRA_VERBS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
 
@@ -43,29 +36,43 @@ def _load_verbs() -> None:
                 raise
 
 
-class WebimlCLI(LightningCLI):
-    """LightningCLI with webiml's defaults: subclass mode, seed 0, config saved next to the logs."""
+def _webiml_cli_class() -> type:
+    """LightningCLI with webiml's defaults, built on first use so that the other verbs never import Lightning."""
+    import lightning as L
+    from lightning.pytorch.cli import LightningCLI
 
-    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
-        verbs = "".join(f"\n  {name:<10} {text}" for name, (text, _) in sorted(EXTRA_VERBS.items()))
-        # Any LightningModule / LightningDataModule may be named by class_path (IMLTask, the CAAAv2 pair
-        # tasks, ...); webiml's own configs always name theirs.
-        super().__init__(
-            L.LightningModule,
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            parser_kwargs={
-                "description": "webiml: image manipulation localization with PyTorch Lightning.\n"
-                "Training and evaluation: fit, validate, test, predict (LightningCLI)."
-                + (f"\nOther verbs (webiml VERB --help):{verbs}" if verbs else ""),
-            },
-            args=args,
-            run=run,
-        )
+    # Imported so that their classes resolve by short name too (e.g. `--model IMLTask`).
+    import webiml.data.datamodule  # noqa: F401
+    import webiml.tasks.iml  # noqa: F401
+    from webiml.callbacks import MetricsSummary
+    from webiml.results import ResultsTable
+
+    class WebimlCLI(LightningCLI):
+        """Subclass mode over any LightningModule / LightningDataModule (IMLTask, the CAAAv2 pair tasks, ...),
+        seed 0, config saved next to the logs, and two callbacks on every run: the final validation table
+        (MetricsSummary) and the per-dataset results table of `test` (ResultsTable)."""
+
+        def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
+            verbs = "".join(f"\n  {name:<10} {text}" for name, (text, _) in sorted(EXTRA_VERBS.items()))
+            super().__init__(
+                L.LightningModule,
+                L.LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                seed_everything_default=0,
+                save_config_kwargs={"overwrite": True},
+                auto_configure_optimizers=False,
+                trainer_defaults={"callbacks": [MetricsSummary(), ResultsTable()]},
+                parser_kwargs={
+                    "description": "webiml: image manipulation localization with PyTorch Lightning.\n"
+                    "Training and evaluation: fit, validate, test, predict (LightningCLI)."
+                    + (f"\nOther verbs (webiml VERB --help):{verbs}" if verbs else ""),
+                },
+                args=args,
+                run=run,
+            )
+
+    return WebimlCLI
 
 
 def main(args: Sequence[str] | None = None) -> int:
@@ -74,5 +81,5 @@ def main(args: Sequence[str] | None = None) -> int:
     _load_verbs()
     if argv and argv[0] in EXTRA_VERBS:
         return EXTRA_VERBS[argv[0]][1](argv[1:])
-    WebimlCLI(args=argv)
+    _webiml_cli_class()(args=argv)
     return 0

@@ -30,7 +30,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
                 arr = np.asarray(im, dtype=np.float64)
                 scale = 255.0 / max(arr.max(), 1.0)
                 return np.repeat((arr * scale).astype(np.uint8)[..., None], 3, axis=2)
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy warns on read-only arrays
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:

@@ -2,7 +2,9 @@
 
 Training reads one or more manifests (samples from several sources can be balanced: a fixed number per
 source per epoch, or per-source repeat factors). Evaluation sets are named (``val: {casia1: a.jsonl,
-columbia: b.jsonl}``): each becomes its own dataloader and its own metrics. Decoding, geometric and
+columbia: b.jsonl}``): each becomes its own dataloader and its own metrics. The robustness protocol
+degrades the test images (``test_degradation: jpeg``, ``test_degradation_levels: [90, 70, 50]``): every
+(set, level) becomes its own dataloader named ``<set>@jpeg70``, so metrics and result tables come per level. Decoding, geometric and
 JPEG augmentation run on the CPU workers; photometric augmentation and normalisation run on the device
 after transfer (see :class:`~webiml.tasks.iml.IMLTask`).
 """
@@ -15,14 +17,59 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from webiml.data.datasets import ManifestDataset, collate_skip_broken, records_from_paths
 from webiml.data.manifest import ManifestRecord, read_manifest
 from webiml.data.samplers import SourceBalancedSampler, UnrepeatedDistributedSampler
-from webiml.data.transforms import make_eval_transform, make_train_transform
+from webiml.data.transforms import Compose, degrade, make_eval_transform, make_train_transform
 
 EvalSets = Mapping[str, str] | Sequence[str] | str | None
+
+DEGRADATIONS = ("jpeg", "blur", "noise", "resize")
+DEFAULT_LEVELS: dict[str, list[float]] = {
+    "jpeg": [100, 90, 80, 70, 60, 50],  # quality
+    "blur": [0.5, 1.0, 1.5, 2.0, 3.0],  # Gaussian sigma, pixels
+    "noise": [3, 5, 10, 15, 20],  # Gaussian std, 0..255 units
+    "resize": [0.75, 0.5, 0.25],  # down-up scale
+}
+"""Sweep levels used when ``test_degradation`` is set without ``test_degradation_levels``."""
+
+
+def degradation_tag(kind: str, level: float) -> str:
+    """``jpeg70``, ``blur1.5``, ``noise5``, ``resize0.5``: the suffix of a degraded evaluation set's name."""
+    return f"{kind}{float(level):g}"
+
+
+def check_degradation(kind: str, level: float) -> None:
+    """Raise ``ValueError`` for an unknown kind or a level out of range."""
+    if kind not in DEGRADATIONS:
+        raise ValueError(f"unknown test_degradation {kind!r}; expected one of {', '.join(DEGRADATIONS)}")
+    ok = {"jpeg": 1 <= level <= 100 and float(level).is_integer(), "blur": level >= 0, "noise": level >= 0,
+          "resize": level > 0}[kind]
+    if not ok:
+        expected = {"jpeg": "an integer JPEG quality in 1..100", "blur": "a sigma >= 0", "noise": "a std >= 0",
+                    "resize": "a scale > 0"}[kind]
+        raise ValueError(f"test_degradation {kind}: level {level} is not {expected}")
+
+
+class TestDegradation:
+    """Deterministic test-time degradation of the image only (see :func:`webiml.data.transforms.degrade`);
+    noise is drawn from a generator seeded with ``seed`` for every sample."""
+
+    def __init__(self, kind: str, level: float, seed: int = 0) -> None:
+        check_degradation(kind, level)
+        self.kind, self.level, self.seed = kind, level, seed
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        out = dict(sample)
+        gen = torch.Generator().manual_seed(self.seed) if self.kind == "noise" else None
+        out["image"] = degrade(sample["image"], self.kind, self.level, gen)
+        return out
+
+    def __repr__(self) -> str:
+        return f"TestDegradation(kind={self.kind!r}, level={self.level!r}, seed={self.seed})"
 
 
 def _named_sets(spec: EvalSets) -> dict[str, list[str]]:
@@ -66,6 +113,14 @@ class IMLDataModule(L.LightningDataModule):
         eval_size, eval_max_side, eval_min_side: parameters of the evaluation policy.
         pin_memory: pin host memory for faster transfer to an accelerator.
         seed: seed of the training sampler.
+        test_degradation: robustness protocol: degrade test images with ``"jpeg"`` (level = quality),
+            ``"blur"`` (Gaussian sigma), ``"noise"`` (Gaussian std, 0..255) or ``"resize"`` (down-up scale),
+            applied at the original resolution before the evaluation policy (see
+            :func:`~webiml.data.transforms.degrade`). ``None``: no degradation.
+        test_degradation_levels: the levels of the sweep (default :data:`DEFAULT_LEVELS` of the kind). Each
+            (test set, level) is a dataloader named ``<set>@<kind><level>`` (e.g. ``casia1@jpeg70``).
+        test_clean: with a degradation, also evaluate each test set undegraded (named ``<set>``).
+        degradation_seed: seed of the noise degradation (the same noise for every run).
     """
 
     def __init__(
@@ -92,6 +147,10 @@ class IMLDataModule(L.LightningDataModule):
         eval_min_side: int = 256,
         pin_memory: bool = True,
         seed: int = 0,
+        test_degradation: str | None = None,
+        test_degradation_levels: list[float] | None = None,
+        test_clean: bool = True,
+        degradation_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -100,11 +159,33 @@ class IMLDataModule(L.LightningDataModule):
         self.test_sets = _named_sets(test)
         self.predict_inputs = predict
         self._datasets: dict[str, Any] = {}
+        self.test_variants = self._test_variants(test_degradation, test_degradation_levels, test_clean)
+
+    def _test_variants(self, kind: str | None, levels: list[float] | None, clean: bool) -> dict[str, tuple[str, str, float | None]]:
+        """``{loader name: (test set, degradation kind, level)}`` in dataloader order."""
+        if kind is None or str(kind).lower() == "none":
+            if levels:
+                raise ValueError("test_degradation_levels given without test_degradation (jpeg, blur, noise or resize)")
+            return {name: (name, "none", None) for name in self.test_sets}
+        if kind not in DEGRADATIONS:
+            raise ValueError(f"unknown test_degradation {kind!r}; expected one of {', '.join(DEGRADATIONS)}")
+        levels = list(DEFAULT_LEVELS[kind] if levels is None else levels)
+        if not levels:
+            raise ValueError("test_degradation_levels is empty")
+        for level in levels:
+            check_degradation(kind, float(level))
+        variants: dict[str, tuple[str, str, float | None]] = {}
+        for name in self.test_sets:
+            if clean:
+                variants[name] = (name, "none", None)
+            for level in levels:
+                variants[f"{name}@{degradation_tag(kind, level)}"] = (name, kind, float(level))
+        return variants
 
     # -- names and records --------------------------------------------------------------------
     def eval_names(self, stage: str) -> list[str]:
         """Names of the evaluation sets of ``stage`` ("val" or "test"), in dataloader order."""
-        return list({"val": self.val_sets, "test": self.test_sets}.get(stage, {}))
+        return list({"val": self.val_sets, "test": self.test_variants}.get(stage, {}))
 
     @staticmethod
     def _read(paths: Sequence[str]) -> list[ManifestRecord]:
@@ -125,7 +206,12 @@ class IMLDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate"):
             self._datasets["val"] = [ManifestDataset(self._read(p), eval_tf) for p in self.val_sets.values()]
         if stage in (None, "test"):
-            self._datasets["test"] = [ManifestDataset(self._read(p), eval_tf) for p in self.test_sets.values()]
+            records = {name: self._read(paths) for name, paths in self.test_sets.items()}
+            hp_seed = hp.get("degradation_seed", 0)
+            self._datasets["test"] = [
+                ManifestDataset(records[base], eval_tf if kind == "none" else Compose([TestDegradation(kind, level, hp_seed), *eval_tf.transforms]))
+                for base, kind, level in self.test_variants.values()
+            ]
         if stage in (None, "predict") and self.predict_inputs:
             self._datasets["predict"] = ManifestDataset(records_from_paths(self.predict_inputs), eval_tf)
 

@@ -142,15 +142,16 @@ def write_manifest(path: str | os.PathLike[str], records: Iterable[ManifestRecor
     """Write records atomically as JSON Lines. Paths under the manifest's folder are stored relative to it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    root = path.parent.resolve()
+    root = os.path.abspath(path.parent)
 
     def rel(p: str | None) -> str | None:
+        # abspath/relpath are pure string operations: no per-file system calls on manifests of millions.
         if p is None or not relative_to_manifest:
             return p
-        try:
-            return str(Path(p).resolve().relative_to(root))
-        except ValueError:
+        absolute = os.path.abspath(p)
+        if os.path.commonpath([absolute, root]) != root:
             return p
+        return os.path.relpath(absolute, root)
 
     rows = (ManifestRecord(rel(r.image), rel(r.mask), r.label, r.source, r.weight, r.ignore_band, r.extra)  # type: ignore[arg-type]
             for r in records)

@@ -1,0 +1,301 @@
+"""The naive pair annotator: align, take the absolute difference, threshold softly, clean up.
+
+This is the comparison baseline of CAAAv2 (and a usable annotator for easy SPG pairs: a forgery that is
+an edited copy of its original with no global change). For one pair ``(original, forged)``:
+
+1. Both images are brought to a working resolution (long side at most ``max_side``).
+2. Alignment: a same-size pair whose plain difference is small is taken as aligned as is; otherwise
+   :func:`webiml.annotate.align.align_pair` registers the original onto the forgery (feature matching,
+   then a plain resize); without the align module, a same-size pair is used as is and other pairs are
+   resized onto the forgery.
+3. Photometric matching: a robust per-channel gain/offset fit of the original to the forgery (web
+   originals are often colour-shifted), then a light Gaussian blur of both (JPEG noise).
+4. Difference ``d`` = max over channels of ``|forged - original|`` (0..255), 0 where the original has no
+   counterpart. Threshold ``t = max(threshold, noise_factor * median(d))`` and a soft map
+   ``p = sigmoid((d - t) / (softness * t))`` (so the map is soft near the threshold, for QES).
+5. Clean-up: grey opening (removes specks) and closing (fills small holes), then connected regions of
+   ``p > 1/16`` smaller than ``min_area`` of the image are dropped.
+6. The map is resized to the forgery's resolution.
+
+It has no pair classifier: a pair whose registered original covers most of the forgery is reported as
+``"SPG"``, one that covers little of it or could not be registered as ``"SDG"``; the soft mask is a
+difference map either way (meaningless for SDG pairs, where QES then usually drops it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+try:  # the result type of CAAAv2Annotator.annotate, when the CAAAv2 module is available
+    from webiml.models.caaa import AnnotationResult
+except ImportError:  # pragma: no cover - only while caaa.py is absent
+    from dataclasses import dataclass
+
+    @dataclass
+    class AnnotationResult:  # type: ignore[no-redef]
+        soft_mask: Tensor
+        category: str
+        class_prob: float
+        aligned: bool
+        align_method: str | None = None
+        align_ok: bool = True
+        valid_fraction: float = 1.0
+        box: tuple[float, float, float, float] | None = None
+
+
+__all__ = ["AnnotationResult", "BaselineAnnotator", "DifferenceAnnotator", "as_chw_uint8"]
+
+
+def as_chw_uint8(image: Tensor | np.ndarray) -> Tensor:
+    """``(3, H, W)`` uint8 tensor from a ``(3, H, W)`` tensor or an ``(H, W, 3)`` array (float in [0, 1] ok)."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) image array, got shape {image.shape}")
+        image = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
+    if image.dtype != torch.uint8:
+        image = (image.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return image
+
+
+def _resize_float(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize a (C, H, W) float image (antialiased when shrinking)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
+
+
+def _working_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    f = min(1.0, max_side / max(h, w))
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of a (C, H, W) float image with reflect padding."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    if min(x.shape[-2:]) <= r:
+        return x
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[0]
+    y = F.pad(x[None], (r, r, 0, 0), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    y = F.pad(y, (0, 0, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return y[0]
+
+
+def _dilate(p: Tensor, k: int) -> Tensor:
+    return F.max_pool2d(p[None, None], k, stride=1, padding=k // 2)[0, 0] if k > 1 else p
+
+
+def _erode(p: Tensor, k: int) -> Tensor:
+    return -F.max_pool2d(-p[None, None], k, stride=1, padding=k // 2)[0, 0] if k > 1 else p
+
+
+def _photometric_fit(orig: Tensor, forged: Tensor, valid: Tensor, iters: int = 2, keep: float = 0.7,
+                     max_samples: int = 40_000) -> Tensor:
+    """Per-channel ``gain * orig + offset`` fitted to ``forged`` on valid pixels (robust: the worst
+    residuals, where the edits are, are left out of the refit). Fitted on at most ``max_samples``
+    evenly spaced pixels."""
+    idx = torch.nonzero(valid.flatten()).flatten()
+    if idx.numel() < 64:
+        return orig
+    idx = idx[:: max(1, idx.numel() // max_samples)].numpy()
+    o = orig.reshape(3, -1).numpy()[:, idx].astype(np.float64)
+    f = forged.reshape(3, -1).numpy()[:, idx].astype(np.float64)
+    gains, offsets = np.ones(3), np.zeros(3)
+    use = np.ones(o.shape[1], dtype=bool)
+    for _ in range(iters):
+        ou, fu = o[:, use], f[:, use]
+        om, fm = ou.mean(1), fu.mean(1)
+        var = ((ou - om[:, None]) ** 2).mean(1)
+        cov = ((ou - om[:, None]) * (fu - fm[:, None])).mean(1)
+        gains = np.where(var > 1e-6, np.clip(cov / np.maximum(var, 1e-6), 0.5, 2.0), 1.0)
+        offsets = fm - gains * om
+        res = np.abs(f - (gains[:, None] * o + offsets[:, None])).max(0)
+        use = res <= np.quantile(res, keep)
+        if use.sum() < 32:
+            break
+    g = torch.from_numpy(gains).to(orig.dtype).view(3, 1, 1)
+    b = torch.from_numpy(offsets).to(orig.dtype).view(3, 1, 1)
+    return (orig * g + b).clamp(0, 255)
+
+
+def _drop_small_regions(p: Tensor, min_pixels: int, low: float) -> Tensor:
+    if min_pixels <= 1:
+        return p
+    from scipy import ndimage
+
+    support = (p > low).numpy()
+    labels, n = ndimage.label(support)
+    if n == 0:
+        return p
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    small = sizes < min_pixels
+    small[0] = False
+    if not small.any():
+        return p
+    out = p.clone()
+    out[torch.from_numpy(small[labels])] = 0.0
+    return out
+
+
+class DifferenceAnnotator(nn.Module):
+    """Naive annotator: aligned absolute difference + soft threshold + morphological clean-up.
+
+    Same interface as :meth:`webiml.models.caaa.CAAAv2Annotator.annotate`; it has no parameters (an
+    ``nn.Module`` only so that it travels like the learned annotators).
+
+    Args:
+        threshold: smallest difference (0..255, max over channels) counted as an edit.
+        noise_factor: the threshold is raised to ``noise_factor * median difference`` for noisy pairs.
+        softness: width of the soft transition, as a fraction of the threshold.
+        blur_sigma: Gaussian blur of both images before differencing (working-resolution pixels).
+        photometric: fit a per-channel gain/offset of the original to the forgery first.
+        open_size, close_size: grey opening / closing kernel sides (working-resolution pixels; 0 = off).
+        min_area: connected regions smaller than this fraction of the image are dropped.
+        max_side: long side of the working resolution.
+        same_size_max_changed: a same-size pair is taken as aligned when at most this fraction of its
+            pixels differ by more than the threshold; otherwise it is registered like any other pair.
+        spg_min_overlap: a registered pair whose original covers less of the forgery than this is
+            reported as ``"SDG"`` (the category the baseline guesses; its mask is a difference map anyway).
+        use_align: use :func:`webiml.annotate.align.align_pair` when available.
+        align_kwargs: keyword arguments of ``align_pair``.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 24.0,
+        noise_factor: float = 4.0,
+        softness: float = 0.25,
+        blur_sigma: float = 1.0,
+        photometric: bool = True,
+        open_size: int = 3,
+        close_size: int = 7,
+        min_area: float = 2e-4,
+        max_side: int = 1024,
+        same_size_max_changed: float = 0.5,
+        spg_min_overlap: float = 0.5,
+        use_align: bool = True,
+        align_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if threshold <= 0 or softness <= 0:
+            raise ValueError("threshold and softness must be positive")
+        self.threshold = float(threshold)
+        self.noise_factor = float(noise_factor)
+        self.softness = float(softness)
+        self.blur_sigma = float(blur_sigma)
+        self.photometric = bool(photometric)
+        self.open_size = int(open_size)
+        self.close_size = int(close_size)
+        self.min_area = float(min_area)
+        self.max_side = int(max_side)
+        self.same_size_max_changed = float(same_size_max_changed)
+        self.spg_min_overlap = float(spg_min_overlap)
+        self.use_align = bool(use_align)
+        self.align_kwargs = dict(align_kwargs or {})
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (plain JSON values)."""
+        keys = ("threshold", "noise_factor", "softness", "blur_sigma", "photometric", "open_size", "close_size",
+                "min_area", "max_side", "same_size_max_changed", "spg_min_overlap", "use_align", "align_kwargs")
+        return {k: getattr(self, k) for k in keys}
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _changed_fraction(self, a: Tensor, b: Tensor, valid: Tensor | None = None) -> float:
+        d = (a - b).abs().amax(0)
+        if valid is not None:
+            if not bool(valid.any()):
+                return 1.0
+            d = d[valid]
+        return float((d > self.threshold).float().mean())
+
+    def _align(self, original: Tensor, forged: Tensor, aligned: bool | None) -> tuple[Tensor, Tensor, str, bool, float]:
+        """(original on the forgery's grid (3, h, w) float 0..255, valid (h, w), method, ok, valid fraction),
+        at the working resolution of ``forged`` (float 0..255)."""
+        h, w = forged.shape[-2:]
+        all_valid = torch.ones(h, w, dtype=torch.bool)
+        same_size = original.shape[-2:] == forged.shape[-2:]
+        if aligned or same_size:
+            plain = _resize_float(original, (h, w))
+            if aligned or self._changed_fraction(plain, forged) <= self.same_size_max_changed:
+                return plain, all_valid, "same_size" if not aligned else "given", True, 1.0
+        align_pair = None
+        if self.use_align:
+            try:
+                from webiml.annotate.align import align_pair
+            except ImportError:  # pragma: no cover - only while align.py is absent
+                align_pair = None
+        if align_pair is not None:
+            res = align_pair(original.round().clamp(0, 255).to(torch.uint8), forged.round().clamp(0, 255).to(torch.uint8),
+                             **self.align_kwargs)
+            warped, valid = res.original_warped.float(), res.valid
+            if same_size and not res.ok:
+                # same size, nothing better found: compare as is
+                return _resize_float(original, (h, w)), all_valid, "same_size", False, 1.0
+            return warped, valid, res.method, bool(res.ok), res.valid_fraction
+        plain = _resize_float(original, (h, w))
+        return plain, all_valid, "resize", same_size, 1.0
+
+    @torch.inference_mode()
+    def annotate(
+        self, original: Tensor | np.ndarray, forged: Tensor | np.ndarray, category: str | None = None, aligned: bool | None = None
+    ) -> AnnotationResult:
+        """Annotate one pair: ``original`` ``uint8`` (3, H, W), ``forged`` ``uint8`` (3, H', W') (or
+        ``(H, W, 3)`` arrays). Returns the soft mask (float (H', W') in [0, 1]) at the forgery's resolution.
+
+        ``category`` is reported as given (the baseline segments by difference either way); ``aligned=True``
+        skips registration (the original is resized onto the forgery).
+        """
+        original, forged = as_chw_uint8(original).cpu(), as_chw_uint8(forged).cpu()
+        fh, fw = forged.shape[-2:]
+        wh, ww = _working_size(fh, fw, self.max_side)
+        f = _resize_float(forged.float(), (wh, ww))
+        oh, ow = original.shape[-2:]
+        # keep the original's scale relative to the forgery at the working resolution
+        s = wh / fh
+        o = _resize_float(original.float(), (max(1, round(oh * s)), max(1, round(ow * s))))
+        o_on_f, valid, method, ok, vf = self._align(o, f, aligned)
+        if self.photometric:
+            o_on_f = _photometric_fit(o_on_f, f, valid)
+        d = (_gaussian_blur(f, self.blur_sigma) - _gaussian_blur(o_on_f, self.blur_sigma)).abs().amax(0)
+        d = torch.where(valid, d, torch.zeros_like(d))
+        noise = float(d[valid].median()) if bool(valid.any()) else 0.0
+        t = max(self.threshold, self.noise_factor * noise)
+        p = torch.sigmoid((d - t) / (self.softness * t))
+        p = torch.where(valid, p, torch.zeros_like(p))
+        if self.open_size > 1:
+            p = _dilate(_erode(p, self.open_size), self.open_size)
+        if self.close_size > 1:
+            p = _erode(_dilate(p, self.close_size), self.close_size)
+        p = _drop_small_regions(p, int(round(self.min_area * wh * ww)), 1 / 16)
+        if (wh, ww) != (fh, fw):
+            p = F.interpolate(p[None, None], size=(fh, fw), mode="bilinear", align_corners=False)[0, 0]
+        soft = p.clamp(0.0, 1.0).float().contiguous()
+        if category is None:
+            # an SPG forgery is (a view of) an edited copy: the registered original covers most of it; an
+            # SDG original only covers the pasted object, or cannot be registered at all
+            category = "SPG" if ok and vf >= self.spg_min_overlap else "SDG"
+        return AnnotationResult(
+            soft_mask=soft, category=str(category).upper(), class_prob=1.0 if ok else 0.5,
+            aligned=bool(ok and category.upper() == "SPG"), align_method=method, align_ok=ok, valid_fraction=float(vf),
+        )
+
+
+BaselineAnnotator = DifferenceAnnotator
+"""Alias: the naive baseline annotator."""
