@@ -96,3 +96,11 @@ def test_dice_skips_authentic_samples() -> None:
     assert crit(IMLOutput(mask_logits=logits), target)["loss"].item() < 1e-3
     all_authentic = torch.zeros(2, 1, 4, 4)
     assert crit(IMLOutput(mask_logits=logits), all_authentic)["loss"].item() == 0.0
+
+
+def test_pos_weight_scales_positive_pixels_only() -> None:
+    logits = torch.zeros(1, 1, 1, 2)
+    target = torch.tensor([[[[1.0, 0.0]]]])
+    base = masked_bce(logits, target)
+    weighted = masked_bce(logits, target, pos_weight=3.0)
+    assert torch.allclose(weighted, base * 2)  # (3*ln2 + ln2) / 2 == 2 * (ln2 + ln2) / 2

@@ -39,7 +39,7 @@ class IMLTask(L.LightningModule):
         warmup_steps: linear warmup steps (or a fraction of all steps if < 1).
         min_lr_ratio: final lr as a fraction of ``lr``.
         poly_power: exponent of the poly schedule.
-        bce_weight, dice_weight, ohem_thresh, ohem_min_kept, image_loss_weight, aux_weights: see
+        bce_weight, dice_weight, ohem_thresh, ohem_min_kept, image_loss_weight, aux_weights, pos_weight: see
             :class:`~webiml.tasks.losses.IMLLoss`.
         gpu_augment: batch-level photometric augmentation run on the device during training.
         threshold: binarisation threshold of the fixed-threshold metrics.
@@ -64,6 +64,7 @@ class IMLTask(L.LightningModule):
         ohem_min_kept: int = 100_000,
         image_loss_weight: float = 0.5,
         aux_weights: float | list[float] = 0.4,
+        pos_weight: float = 1.0,
         gpu_augment: GpuAugment | None = None,
         threshold: float = 0.5,
         init_weights: str | None = None,
@@ -91,7 +92,7 @@ class IMLTask(L.LightningModule):
                 raise ValueError(f"freeze_encoder: {type(net).__name__} has no 'encoder' attribute")
             encoder.requires_grad_(False)
         self.net = net
-        self.criterion = IMLLoss(bce_weight, dice_weight, ohem_thresh, ohem_min_kept, image_loss_weight, aux_weights)
+        self.criterion = IMLLoss(bce_weight, dice_weight, ohem_thresh, ohem_min_kept, image_loss_weight, aux_weights, pos_weight)
         self.gpu_augment = gpu_augment
         self.eval_metrics = nn.ModuleDict()
         self._stage_names: dict[str, list[str]] = {}

@@ -21,10 +21,14 @@ def _resize_target(target: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(target, size=size, mode="nearest")
 
 
-def masked_bce(logits: Tensor, target: Tensor) -> Tensor:
-    """Per-sample mean BCE over supervised pixels, shape (B,). Samples without valid pixels give 0."""
+def masked_bce(logits: Tensor, target: Tensor, pos_weight: float = 1.0) -> Tensor:
+    """Per-sample mean BCE over supervised pixels, shape (B,). Samples without valid pixels give 0.
+
+    ``pos_weight`` > 1 weighs manipulated pixels more, countering that they are a small minority.
+    """
     valid = valid_pixels(target).float()
-    loss = F.binary_cross_entropy_with_logits(logits, target.clamp(min=0), reduction="none") * valid
+    pw = logits.new_tensor(pos_weight) if pos_weight != 1.0 else None
+    loss = F.binary_cross_entropy_with_logits(logits, target.clamp(min=0), reduction="none", pos_weight=pw) * valid
     return loss.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
 
 
@@ -79,6 +83,7 @@ class IMLLoss(nn.Module):
         ohem_min_kept: OHEM's minimum number of kept pixels per batch.
         image_weight: weight of the image-level BCE (ignored when the model has no image head).
         aux_weights: weight of each auxiliary output (a single float applies to all; MIML: 0.5).
+        pos_weight: weight of manipulated pixels in the (non-OHEM) BCE term.
     """
 
     def __init__(
@@ -89,8 +94,10 @@ class IMLLoss(nn.Module):
         ohem_min_kept: int = 100_000,
         image_weight: float = 0.5,
         aux_weights: float | list[float] = 0.4,
+        pos_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        self.pos_weight = pos_weight
         self.bce_weight, self.dice_weight = bce_weight, dice_weight
         self.ohem_thresh, self.ohem_min_kept = ohem_thresh, ohem_min_kept
         self.image_weight, self.aux_weights = image_weight, aux_weights
@@ -102,7 +109,7 @@ class IMLLoss(nn.Module):
             if self.ohem_thresh is not None:
                 bce = ohem_bce(logits, target, self.ohem_thresh, self.ohem_min_kept, sample_weight)
             else:
-                bce = (masked_bce(logits, target) * sample_weight).mean()
+                bce = (masked_bce(logits, target, self.pos_weight) * sample_weight).mean()
             total = total + self.bce_weight * bce
         if self.dice_weight:
             has_positive = ((target > 0.5).flatten(1).any(1)).float() * sample_weight
