@@ -63,10 +63,11 @@ class Result:
     per_pair: list[dict[str, Any]] = field(default_factory=list)
 
 
-def synthetic_triples(work: Path, n: int, size: int, seed: int) -> list[Triple]:
+def synthetic_triples(work: Path, n: int, size: int, seed: int, photos: str = "procedural") -> list[Triple]:
     from webiml.data.pairs import read_pair_manifest, write_pair_dataset
 
-    manifest = write_pair_dataset(work / f"heldout-{n}-{size}-{seed}", n, seed=seed, size=(size, size),
+    tag = "" if photos == "procedural" else "-" + "".join(c if c.isalnum() else "_" for c in Path(photos).resolve().as_posix())[-40:]
+    manifest = write_pair_dataset(work / f"heldout-{n}-{size}-{seed}{tag}", n, seed=seed, size=(size, size), pool=photos,
                                   categories={"SPG": 0.5, "SDG": 0.5}, degrade=True)
     return pair_manifest_triples(manifest, read_pair_manifest)
 
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="'synthetic' (held-out pairs from webiml.data.pairs, default), a pair manifest with masks, or 'none'")
     ap.add_argument("--num-synthetic", type=int, default=40, help="held-out synthetic pairs (SPG + SDG)")
     ap.add_argument("--synth-size", type=int, default=256, help="side of the synthetic photos")
+    ap.add_argument("--photos", default="procedural",
+                    help="photo pool of the synthetic pairs: 'procedural' or a folder of photos (use photos the parts were not trained on)")
     ap.add_argument("--seed", type=int, default=1000, help="seed of the held-out pairs (training uses 0..2)")
     ap.add_argument("--work", default="runs/bench-annotation", help="cache folder of the generated pairs")
     ap.add_argument("--casia", default=str(DEFAULT_CASIA), help="CASIA samples folder (tampered/, original/, mask/)")
@@ -201,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
 
     datasets: list[tuple[str, list[Triple]]] = []
     if args.pairs == "synthetic":
-        datasets.append((f"synthetic held-out (seed {args.seed})",
-                         synthetic_triples(Path(args.work), args.num_synthetic, args.synth_size, args.seed)))
+        photos = "" if args.photos == "procedural" else f", photos {Path(args.photos).name}"
+        datasets.append((f"synthetic held-out (seed {args.seed}{photos})",
+                         synthetic_triples(Path(args.work), args.num_synthetic, args.synth_size, args.seed, args.photos)))
     elif args.pairs != "none":
         datasets.append((Path(args.pairs).name, pair_manifest_triples(Path(args.pairs))))
     if not args.no_casia:

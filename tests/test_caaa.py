@@ -241,3 +241,49 @@ def test_tasks_fit_on_tiny_synthetic_pairs(tmp_path, mode: str) -> None:
             preds = trainer.predict(task, dataloaders=dm.val_dataloader())
             first = preds[0][0]
             assert first["mask_probs"].ndim == 2
+
+
+def test_pair_checkpoints_export_to_an_annotator_folder(tmp_path) -> None:
+    """Lightning checkpoints of the pair tasks carry the net's config (not the module) and export to
+    save_pretrained folders that CAAAv2Annotator.from_pretrained and find_caaa_parts read."""
+    from webiml.annotate.pipeline import build_annotator, find_caaa_parts
+    from webiml.hub import CheckpointError
+    from webiml.tasks.ciml import export_pair_checkpoint
+
+    torch.manual_seed(0)
+    nets = {"classifier": PairClassifier(input_size=32, drop_rate=0.0), "spg": SPGSegmenter(), "sdg": SDGSegmenter(top_k=3)}
+    parts = tmp_path / "parts"
+    for mode, net in nets.items():
+        task = PairClassifierTask(net) if mode == "classifier" else PairSegmenterTask(net)
+        assert task.hparams["net"]["class_path"] == f"webiml.models.caaa.{type(net).__name__}"
+        trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(task, _dm(tmp_path, mode, size=32, synth_size=48, num_train=2, num_val=0))
+        ckpt = tmp_path / f"{mode}.ckpt"
+        trainer.save_checkpoint(ckpt)
+        raw = torch.load(ckpt, map_location="cpu", weights_only=True)  # plain data only
+        assert raw["webiml_net"]["architecture"] == type(net).__name__
+        export_pair_checkpoint(ckpt, parts / mode)
+        again = type(net).from_pretrained(parts / mode).eval()
+        net.eval()
+        o, f = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+        with torch.no_grad():
+            a, b = net(o, f), again(o, f)
+        if mode == "classifier":
+            torch.testing.assert_close(a.category_logits, b.category_logits)
+            torch.testing.assert_close(a.box, b.box)
+        else:
+            torch.testing.assert_close(a.mask_logits, b.mask_logits)
+    assert set(find_caaa_parts(parts)) == {"classifier", "spg", "sdg"}
+    ann = CAAAv2Annotator.from_pretrained(parts, tta=False)
+    assert ann.classifier.input_size == 32 and ann.sdg.top_k == 3
+    assert isinstance(build_annotator("caaa", parts, tta=False), CAAAv2Annotator)
+    res = ann.annotate(torch.randint(0, 255, (3, 40, 36), dtype=torch.uint8), torch.randint(0, 255, (3, 40, 36), dtype=torch.uint8),
+                       category="SDG")
+    assert res.soft_mask.shape == (40, 36)
+    with pytest.raises(CheckpointError):
+        export_pair_checkpoint(tmp_path / "missing.ckpt", tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError):
+        CAAAv2Annotator.from_pretrained(tmp_path / "nowhere")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -57,6 +58,12 @@ __all__ = [
 
 SPG = "SPG"
 SDG = "SDG"
+PART_FOLDERS: dict[str, tuple[str, ...]] = {
+    "classifier": ("classifier", "pair_classifier"),
+    "spg": ("spg", "spg_segmenter"),
+    "sdg": ("sdg", "sdg_segmenter"),
+}
+"""Sub-folders of a CAAAv2 parts folder (first name preferred), see :meth:`CAAAv2Annotator.from_pretrained`."""
 TIMM_PRETRAINED = "timm"
 """``encoder_weights`` value asking timm for its own pretrained weights (needs the network)."""
 
@@ -577,6 +584,36 @@ class CAAAv2Annotator(nn.Module):
             SDGSegmenter.from_pretrained(sdg) if sdg is not None else None,
             **kwargs,
         )
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike[str], **kwargs: Any) -> CAAAv2Annotator:
+        """Build an annotator from a folder of saved parts: ``classifier/`` (or ``pair_classifier/``),
+        ``spg/`` (or ``spg_segmenter/``) and ``sdg/`` (or ``sdg_segmenter/``), each a ``save_pretrained``
+        folder (as written by :meth:`save_pretrained` or :func:`webiml.tasks.ciml.export_pair_checkpoint`);
+        missing parts are ``None``. ``kwargs`` go to the constructor."""
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"CAAAv2 parts folder not found: {root}")
+        parts: dict[str, str] = {}
+        for part, names in PART_FOLDERS.items():
+            for name in names:
+                sub = root / name
+                if (sub / "config.json").is_file() or (sub / "model.safetensors").is_file():
+                    parts[part] = str(sub)
+                    break
+        if "spg" not in parts and "sdg" not in parts:
+            raise FileNotFoundError(f"{root}: no CAAAv2 segmenter found (expected save_pretrained folders {root}/spg "
+                                    f"and/or {root}/sdg, and {root}/classifier)")
+        return cls.from_pretrained_parts(**parts, **kwargs)
+
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
+        """Save the parts as ``save_pretrained`` folders ``classifier/``, ``spg/``, ``sdg/`` under ``folder``."""
+        root = Path(folder)
+        for part in ("classifier", "spg", "sdg"):
+            model = getattr(self, part)
+            if model is not None:
+                model.save_pretrained(root / part)
+        return root
 
     def _device(self) -> torch.device:
         for p in self.parameters():

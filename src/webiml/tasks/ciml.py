@@ -17,8 +17,10 @@ Images travel as ``uint8`` and are normalised on the device by the model's own s
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from webiml.tasks.optim import ScaledLambdaLR, lr_lambda, param_groups
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODES", "PairClassifierTask", "PairDataModule", "PairDataset", "PairSegmenterTask"]
+__all__ = ["MODES", "PairClassifierTask", "PairDataModule", "PairDataset", "PairSegmenterTask", "export_pair_checkpoint", "net_config"]
 
 MODES = ("classifier", "spg", "sdg")
 _DEFAULT_CATEGORIES: dict[str, dict[str, float]] = {
@@ -293,10 +295,40 @@ class PairDataModule(L.LightningDataModule):
 # tasks
 
 
+def _plain(value: Any) -> Any:
+    """JSON-like copy of a config value (tuples become lists)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def net_config(net: nn.Module) -> dict[str, Any]:
+    """Constructor arguments of a pair model (the hub mixin's record of them, or ``net.config``)."""
+    cfg = getattr(net, "_hub_mixin_config", None)
+    if cfg is None:
+        cfg = getattr(net, "config", None) or {}
+    return _plain(dict(cfg))
+
+
+def _save_hparams(task: L.LightningModule, net: nn.Module) -> None:
+    """``save_hyperparameters()`` of the calling ``__init__``, the net replaced by its class_path config."""
+    with warnings.catch_warnings():  # the module is replaced right below
+        warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`")
+        task.save_hyperparameters(frame=inspect.currentframe().f_back)  # type: ignore[union-attr]
+    if isinstance(task.hparams.get("net"), nn.Module):
+        task.hparams["net"] = {"class_path": f"{type(net).__module__}.{type(net).__name__}", "init_args": net_config(net)}
+
+
 class _PairTask(L.LightningModule):
-    """Shared: normalisation on the device, AdamW with warmup + schedule."""
+    """Shared: normalisation on the device, AdamW with warmup + schedule, net config in checkpoints."""
 
     net: nn.Module
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What `export_pair_checkpoint` needs to rebuild the net without the training config.
+        checkpoint["webiml_net"] = {"architecture": type(self.net).__name__, "config": net_config(self.net)}
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if batch is None:
@@ -336,7 +368,9 @@ class PairClassifierTask(_PairTask):
         box_beta: float = 0.02,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        # Like IMLTask: the hparams hold the net as its class_path config (never the module), so that
+        # `--ckpt_path` restores the model and `export_pair_checkpoint` can rebuild it.
+        _save_hparams(self, net)
         self.net = net
         self.metrics = nn.ModuleDict({
             stage: nn.ModuleDict({"category_acc": BinaryAccuracy(), "category_auroc": BinaryAUROC(), "aligned_acc": BinaryAccuracy()})
@@ -442,7 +476,9 @@ class PairSegmenterTask(_PairTask):
         threshold: float = 0.5,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        # Like IMLTask: the hparams hold the net as its class_path config (never the module), so that
+        # `--ckpt_path` restores the model and `export_pair_checkpoint` can rebuild it.
+        _save_hparams(self, net)
         self.net = net
         self.criterion = IMLLoss(bce_weight, dice_weight, ohem_thresh, ohem_min_kept, 0.0, aux_weights)
         self.pixel = nn.ModuleDict({stage: PixelMetrics(threshold=threshold) for stage in ("val", "test")})
@@ -505,3 +541,56 @@ class PairSegmenterTask(_PairTask):
             p = F.interpolate(probs[i : i + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
             results.append({"index": int(batch["index"][i]), "mask_probs": p.cpu()})
         return results
+
+
+# --------------------------------------------------------------------------------------------------
+# export
+
+PAIR_MODEL_NAMES = ("PairClassifier", "SPGSegmenter", "SDGSegmenter")
+
+
+def export_pair_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """Turn a Lightning checkpoint of :class:`PairClassifierTask` / :class:`PairSegmenterTask` into a
+    ``save_pretrained`` folder (``config.json`` + ``model.safetensors``) that ``<Model>.from_pretrained``
+    and :func:`webiml.annotate.pipeline.find_caaa_parts` read.
+
+    The checkpoint is read with ``torch.load(weights_only=True)``; the net is rebuilt from the
+    ``webiml_net`` entry (or the ``net`` hyperparameter's ``class_path``/``init_args``), only the CAAAv2
+    pair model classes are accepted, with ``encoder_weights=None`` (the weights come from the checkpoint).
+    """
+    from webiml.hub import CheckpointError
+    from webiml.models import caaa
+
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{checkpoint}: file not found") from None
+    except Exception as err:
+        raise CheckpointError(f"{checkpoint}: not a readable Lightning checkpoint with plain data ({str(err)[:300]})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{checkpoint}: no 'state_dict'; not a Lightning checkpoint")
+    info = ckpt.get("webiml_net")
+    if not info:
+        hp = (ckpt.get("hyper_parameters") or {}).get("net")
+        if isinstance(hp, dict) and "class_path" in hp:
+            info = {"architecture": str(hp["class_path"]).rsplit(".", 1)[-1], "config": dict(hp.get("init_args") or {})}
+    if not info:
+        raise CheckpointError(f"{checkpoint}: no net config ('webiml_net' or a class_path 'net' hyperparameter); "
+                              "was it written by a webiml pair task?")
+    name = info["architecture"]
+    if name not in PAIR_MODEL_NAMES:
+        raise CheckpointError(f"{checkpoint}: {name!r} is not a CAAAv2 pair model ({', '.join(PAIR_MODEL_NAMES)})")
+    config = dict(info["config"])
+    config["encoder_weights"] = None
+    for key in ("mean", "std"):
+        if key in config:
+            config[key] = tuple(config[key])
+    model = getattr(caaa, name)(**config)
+    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{checkpoint}: weights do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    return out

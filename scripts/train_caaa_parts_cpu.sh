@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Small, fast CPU training of the three CAAAv2 parts on synthetic pairs made from real photos (COCO128),
+# one after another, then export into one folder readable by `webiml annotate --checkpoint` and
+# benchmarks/caaa_annotation_quality.py --checkpoint-dir.
+#   OMP_NUM_THREADS=1 bash scripts/train_caaa_parts_cpu.sh [out_dir] [minutes_per_part]
+set -euo pipefail
+OUT=${1:-runs/caaa-parts}
+MIN=$(printf %02d "${2:-8}")
+PHOTOS=${PHOTOS:-../shared/data/natural/coco128/images}
+ROOT=${ROOT:-runs/caaa-fast}
+SIZE=${SIZE:-160}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=1
+common=(--data.init_args.photos "$PHOTOS" --data.init_args.root "$ROOT/pairs" --data.init_args.synth_size "$SIZE"
+        --data.init_args.size "$SIZE" --data.init_args.num_train 384 --data.init_args.num_val 32
+        --data.init_args.num_workers 0 --data.init_args.batch_size 8
+        --trainer.max_epochs 20 --trainer.max_steps 400 --trainer.max_time "00:00:${MIN}:00"
+        --trainer.accelerator cpu --trainer.enable_progress_bar false)
+for part in classifier spg sdg; do
+  cfg=configs/caaa/$part.yaml; [ -f "$cfg" ] || cfg=configs/caaa/${part}_segmenter.yaml
+  extra=()
+  [ "$part" = classifier ] && extra=(--model.init_args.net.init_args.input_size "$SIZE")
+  echo "== $part ($cfg) $(date -u +%T)"
+  python -c 'import torch; torch.set_num_threads(1); from webiml.cli import main; raise SystemExit(main())' \
+    fit --config "$cfg" --trainer.default_root_dir "$ROOT/$part" "${common[@]}" "${extra[@]}"
+  ckpt=$(ls -t "$ROOT/$part"/lightning_logs/version_*/checkpoints/last.ckpt | head -1)
+  python -c "import sys; from webiml.tasks.ciml import export_pair_checkpoint as e; print(e(sys.argv[1], sys.argv[2]))" "$ckpt" "$OUT/$part"
+done
+echo "== done $(date -u +%T)"
