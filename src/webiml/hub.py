@@ -33,7 +33,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from webiml.io import atomic_write_text
+from webiml.io import _default_mode, atomic_write_text
 from webiml.models.base import MODEL_CLASSES, IMLModel
 
 CONFIG_NAME = "config.json"
@@ -354,6 +354,7 @@ def save_pretrained(model: IMLModel, save_directory: str | os.PathLike[str], *, 
     # Weights go to a temporary file first and are renamed into place: a crash never leaves half a file.
     fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".safetensors.tmp", dir=out)
     os.close(fd)
+    os.chmod(tmp, _default_mode())
     try:
         state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
                  for k, v in model.state_dict().items()}

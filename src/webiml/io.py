@@ -60,12 +60,19 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot decode mask ({err})") from None
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600; saved files get the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
