@@ -40,7 +40,7 @@ from webiml.io import read_image, read_mask
 from webiml.metrics import PixelMetrics
 from webiml.models.base import IMLOutput
 from webiml.tasks.losses import IMLLoss
-from webiml.tasks.optim import ScaledLambdaLR, lr_lambda, param_groups
+from webiml.tasks.optim import adamw_with_schedule
 
 log = logging.getLogger(__name__)
 
@@ -339,12 +339,25 @@ class _PairTask(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = param_groups(self.net, hp.weight_decay, hp.get("layer_decay"))
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        warmup = int(hp.warmup_steps * total) if 0 < hp.warmup_steps < 1 else int(hp.warmup_steps)
-        scheduler = ScaledLambdaLR(optimizer, lr_lambda(hp.schedule, total, warmup, hp.min_lr_ratio, hp.get("poly_power", 1.0)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_with_schedule(
+            self.net, lr=hp.lr, weight_decay=hp.weight_decay, total_steps=total, layer_decay=hp.get("layer_decay"),
+            schedule=hp.schedule, warmup_steps=hp.warmup_steps, min_lr_ratio=hp.min_lr_ratio,
+            poly_power=hp.get("poly_power", 1.0),
+        )
+
+    # Subclasses implement _eval_step(stage, batch) and _eval_epoch_end(stage); the hooks are wired once here.
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
 
 
 class PairClassifierTask(_PairTask):
@@ -424,18 +437,6 @@ class PairClassifierTask(_PairTask):
             if metric.update_count:
                 self.log(f"{stage}/{name}", metric.compute(), sync_dist=False)
             metric.reset()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         out = self.net(batch["original"], batch["forged"])
@@ -519,18 +520,6 @@ class PairSegmenterTask(_PairTask):
             res = metric.compute()
             self.log_dict({f"{stage}/pixel_{k}": v.float() for k, v in res.items() if not k.startswith("n_")}, sync_dist=False)
         metric.reset()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         fn = self.net.forward_tta if hasattr(self.net, "forward_tta") else self.net

@@ -22,7 +22,7 @@ from webiml.data.transforms import GpuAugment, restore_prediction
 from webiml.metrics import ImageMetrics, PixelMetrics, flatten_results
 from webiml.models.base import IMLModel, IMLOutput
 from webiml.tasks.losses import IMLLoss
-from webiml.tasks.optim import ScaledLambdaLR, lr_lambda, param_groups
+from webiml.tasks.optim import adamw_with_schedule
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +214,11 @@ class IMLTask(L.LightningModule):
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = param_groups(self.net, hp.weight_decay, hp.layer_decay)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        warmup = int(hp.warmup_steps * total) if 0 < hp.warmup_steps < 1 else int(hp.warmup_steps)
-        scheduler = ScaledLambdaLR(optimizer, lr_lambda(hp.schedule, total, warmup, hp.min_lr_ratio, hp.poly_power))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_with_schedule(
+            self.net, lr=hp.lr, weight_decay=hp.weight_decay, total_steps=total, layer_decay=hp.layer_decay,
+            schedule=hp.schedule, warmup_steps=hp.warmup_steps, min_lr_ratio=hp.min_lr_ratio, poly_power=hp.poly_power,
+        )
 
 
 def _restore(probs: Tensor, batch: dict[str, Any], i: int) -> Tensor:

@@ -80,3 +80,23 @@ class ScaledLambdaLR(torch.optim.lr_scheduler.LambdaLR):
             base * lmbda(self.last_epoch) * group.get("lr_scale", 1.0)
             for base, lmbda, group in zip(self.base_lrs, self.lr_lambdas, self.optimizer.param_groups, strict=True)
         ]
+
+
+def adamw_with_schedule(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    total_steps: int,
+    layer_decay: float | None = None,
+    schedule: str = "cosine",
+    warmup_steps: float = 0,
+    min_lr_ratio: float = 0.0,
+    poly_power: float = 1.0,
+) -> dict:
+    """Lightning ``configure_optimizers`` result: AdamW over :func:`param_groups`, stepped every optimiser
+    step by warmup + schedule. ``warmup_steps`` below 1 is a fraction of ``total_steps``."""
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay, layer_decay), lr=lr)
+    warmup = int(warmup_steps * total_steps) if 0 < warmup_steps < 1 else int(warmup_steps)
+    scheduler = ScaledLambdaLR(optimizer, lr_lambda(schedule, total_steps, warmup, min_lr_ratio, poly_power))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
