@@ -462,3 +462,11 @@ def test_compose_repr_and_order():
     t({"image": torch.zeros(3, 2, 2, dtype=torch.uint8)})
     assert calls == [1, 2]
     assert "RandomCropPad" in repr(make_train_transform())
+
+
+def test_blur_and_degrade_work_on_tiny_images() -> None:
+    from webiml.data.transforms import Degrade, gaussian_blur
+
+    tiny = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
+    assert gaussian_blur(tiny, 4.0).shape == tiny.shape
+    Degrade("blur", 3.0)  # validated on an 8x8 image at construction

@@ -167,6 +167,8 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma <= 0:
         return image
     k = 2 * math.ceil(3 * sigma) + 1
+    # Reflect padding needs the half-kernel to be smaller than the image: truncate the kernel on tiny images.
+    k = min(k, 2 * min(image.shape[-2:]) - 1)
     return F.gaussian_blur(image, [k, k], [float(sigma), float(sigma)])
 
 
