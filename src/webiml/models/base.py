@@ -92,7 +92,26 @@ class IMLOutput:
         return self.mask_logits.sigmoid().flatten(1).amax(dim=1)
 
 
+class InputNormalization:
+    """For ``nn.Module`` s: normalisation constants that travel with the model (non-persistent buffers, so
+    checkpoints stay the official layout) and :meth:`normalize`, the one place images become model input."""
+
+    def _register_normalization(self, mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)  # type: ignore[attr-defined]
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)  # type: ignore[attr-defined]
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Map images (``uint8`` 0..255 or float 0..1; (3, H, W) or (B, 3, H, W)) to the model's input."""
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255.0
+        if x.ndim == 3:
+            x = x[None]
+        return (x - self.input_mean.to(x.device)) / self.input_std.to(x.device)  # type: ignore[attr-defined]
+
+
 class IMLModel(
+    InputNormalization,
     nn.Module,
     PyTorchModelHubMixin,
     library_name="webiml",
@@ -118,15 +137,7 @@ class IMLModel(
 
     def __init__(self, mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD) -> None:
         super().__init__()
-        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-
-    def normalize(self, images: Tensor) -> Tensor:
-        """Map a batch of images (``uint8`` 0..255 or float 0..1) to the model's normalised input."""
-        x = images.float()
-        if images.dtype == torch.uint8:
-            x = x / 255.0
-        return (x - self.input_mean) / self.input_std
+        self._register_normalization(mean, std)
 
     def forward_padded(self, x: Tensor) -> IMLOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLOutput
+from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLOutput, InputNormalization
 from webiml.models.encoders import PYPI_IMAGENET, pypi_imagenet_state_dict
 
 __all__ = [
@@ -124,6 +124,7 @@ def _check_pair(original: Tensor, forged: Tensor) -> None:
 
 
 class PairModel(
+    InputNormalization,
     nn.Module,
     PyTorchModelHubMixin,
     library_name="webiml",
@@ -135,17 +136,7 @@ class PairModel(
 
     def __init__(self, mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD) -> None:
         super().__init__()
-        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-
-    def normalize(self, images: Tensor) -> Tensor:
-        """Map images (``uint8`` 0..255 or float 0..1; (3, H, W) or (B, 3, H, W)) to the model's input."""
-        x = images.float()
-        if images.dtype == torch.uint8:
-            x = x / 255.0
-        if x.ndim == 3:
-            x = x[None]
-        return (x - self.input_mean.to(x.device)) / self.input_std.to(x.device)
+        self._register_normalization(mean, std)
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
