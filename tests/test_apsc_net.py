@@ -13,15 +13,6 @@ from webiml.convert import webiml_to_apsc_official
 from webiml.models.apsc_net import APSC_PRESETS, APSCNet, apsc_net, count_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Intra-op threads thrash on a shared 2-core machine (10-50x slower); these tiny models need one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _loss(out) -> torch.Tensor:
     total = out.mask_logits.mean() + sum(a.mean() for a in out.aux_mask_logits)
     return total + (out.image_logits.sum() if out.image_logits is not None else 0)

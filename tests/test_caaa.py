@@ -23,16 +23,6 @@ from webiml.models.caaa import (
 from webiml.models.encoders import pypi_imagenet_state_dict
 from webiml.tasks.ciml import PairClassifierTask, PairDataModule, PairDataset, PairSegmenterTask
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run far faster single-threaded on a shared CPU; restore the setting afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # --------------------------------------------------------------------------------------------------
 # models
 

@@ -22,15 +22,6 @@ from webiml.convert import (
 from webiml.models.apsc_net import APSCNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Intra-op threads thrash on a shared 2-core machine (10-50x slower); these tiny models need one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def source() -> APSCNet:
     """A small APSC-Net with non-default depths/widths and non-trivial BatchNorm statistics."""

@@ -25,15 +25,6 @@ from webiml.data.pairs import (
 from webiml.data.synthetic import procedural_photo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run far faster single-threaded on a shared CPU; restore the setting afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def pool():
     return make_pool("procedural", (96, 96), seed=0)

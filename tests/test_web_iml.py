@@ -20,15 +20,6 @@ from webiml.models.web_iml import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Intra-op threads thrash on a shared 2-core machine (10-50x slower); these tiny models need one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _loss(out) -> torch.Tensor:
     return out.mask_logits.mean() + sum(a.mean() for a in out.aux_mask_logits) + out.image_logits.sum()
 
