@@ -32,22 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-try:  # the result type of CAAAv2Annotator.annotate, when the CAAAv2 module is available
-    from webiml.models.caaa import AnnotationResult
-except ImportError:  # pragma: no cover - only while caaa.py is absent
-    from dataclasses import dataclass
-
-    @dataclass
-    class AnnotationResult:  # type: ignore[no-redef]
-        soft_mask: Tensor
-        category: str
-        class_prob: float
-        aligned: bool
-        align_method: str | None = None
-        align_ok: bool = True
-        valid_fraction: float = 1.0
-        box: tuple[float, float, float, float] | None = None
-
+from webiml.models.caaa import AnnotationResult
 
 __all__ = ["AnnotationResult", "BaselineAnnotator", "DifferenceAnnotator", "as_chw_uint8"]
 
