@@ -152,11 +152,42 @@ def test_annotator_spg_and_sdg() -> None:
         assert res.soft_mask.shape == (81, 63) and res.soft_mask.dtype == torch.float32
         assert 0.0 <= float(res.soft_mask.min()) and float(res.soft_mask.max()) <= 1.0
         assert res.aligned == (cat == "SPG")
-    res = annot.annotate(original, forged, category="SPG", aligned=False)  # unrelated noise: alignment fails
-    assert res.align_method in ("identity", "crop_box") and res.soft_mask.shape == (81, 63)
+    res = annot.annotate(original, forged, category="SPG", aligned=False)  # unrelated noise: registration fails
+    assert not res.align_ok and res.agreement is not None and res.agreement < 0.3
+    assert res.category_source == "given" and res.soft_mask.shape == (81, 63)
     assert annot.training  # restored
     with pytest.raises(ValueError, match="category"):
         annot.annotate(original, forged, category="XYZ")
+
+
+def _always_sdg_classifier() -> PairClassifier:
+    clf = PairClassifier(input_size=64)
+    head = clf.encoder.get_classifier()
+    with torch.no_grad():
+        head.weight[0] = 0.0
+        head.bias[0] = -20.0  # category logit: always SDG
+    return clf
+
+
+def test_registration_overrides_a_wrong_sdg_decision_only_for_edited_copies() -> None:
+    from webiml.data.synthetic import procedural_photo
+
+    torch.manual_seed(0)
+    photo = torch.from_numpy(procedural_photo(96, 128, np.random.default_rng(3)).copy()).permute(2, 0, 1)
+    forged = photo.clone()
+    forged[:, 30:60, 40:80] = 255 - forged[:, 30:60, 40:80]
+    annot = CAAAv2Annotator(_always_sdg_classifier(), SPGSegmenter(), SDGSegmenter(top_k=4), spg_size=64, sdg_size=64)
+    res = annot.annotate(photo, forged)  # an edited copy: the original explains ~90 % of it
+    assert res.category == "SPG" and res.category_source == "registration" and res.agreement > 0.8
+    assert res.align_method == "resize" and res.class_prob == pytest.approx(res.agreement)
+    other = torch.from_numpy(procedural_photo(96, 128, np.random.default_rng(4)).copy()).permute(2, 0, 1)
+    res = annot.annotate(other, forged)  # a different photo: the classifier's SDG stands
+    assert res.category == "SDG" and res.category_source == "classifier"
+    annot.verify_category = False
+    res = annot.annotate(photo, forged)
+    assert res.category == "SDG" and res.category_source == "classifier"
+    with pytest.raises(ValueError, match="spg_agreement"):
+        CAAAv2Annotator(spg=SPGSegmenter(), spg_agreement=0.0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from webiml.annotate.align import align_pair, box_homography, resize_homography, warp_original
+from webiml.annotate.align import (
+    align_pair,
+    box_homography,
+    register_pair,
+    registration_agreement,
+    resize_homography,
+    warp_original,
+)
 from webiml.data.pairs import (
     FULL_BOX,
     PairManifestError,
@@ -45,6 +52,17 @@ def test_aligned_spg_pair_is_exact_outside_the_mask(pool, seed: int) -> None:
     # every changed pixel is marked
     assert not (p.forged != p.original).any(-1)[keep].any()
     assert set(np.unique(p.mask)) <= {0, 255}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_tolerance_drops_only_faint_changes(pool, seed: int) -> None:
+    exact = make_spg_pair(pool, np.random.default_rng(seed), size=(96, 96), aligned=True, degrade=False)
+    tol = make_spg_pair(pool, np.random.default_rng(seed), size=(96, 96), aligned=True, degrade=False, label_tolerance=8)
+    np.testing.assert_array_equal(exact.forged, tol.forged)  # same edits, only the label differs
+    assert tol.mask.any() and not (tol.mask > exact.mask).any()
+    diff = np.abs(tol.forged.astype(int) - tol.original.astype(int)).max(-1)
+    assert diff[tol.mask == 0].max() <= 8
+    assert (diff[(exact.mask > 0) & (tol.mask == 0)] <= 8).all()
 
 
 def test_cropped_spg_pair_records_its_box(pool) -> None:
@@ -209,3 +227,56 @@ def test_warp_of_a_plain_resize_covers_everything(photo) -> None:
     assert warped.shape == (3, 96, 128) and valid.float().mean() > 0.97
     ref = torch.from_numpy(_resize(photo, 128, 96).copy()).permute(2, 0, 1).float()
     assert (warped.float() - ref)[:, valid].abs().mean() < 4.0
+
+
+# --------------------------------------------------------------------------------------------------
+# registration by agreement
+
+
+def _chw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)
+
+
+def _edited(photo: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    out = photo.copy()
+    out[y0:y1, x0:x1] = 255 - out[y0:y1, x0:x1]  # an edit that differs everywhere it lies
+    return out
+
+
+def test_agreement_is_the_unedited_fraction_under_colour_shift_and_jpeg(photo) -> None:
+    forged = _edited(photo, 40, 100, 60, 140)  # 60 x 80 of 192 x 256: 9.8 % edited
+    original = _jpeg(np.clip(photo * np.array([1.1, 0.95, 0.9]) + 10, 0, 255).astype(np.uint8), 75)
+    valid = torch.ones(photo.shape[:2], dtype=torch.bool)
+    score = registration_agreement(_chw(original), _chw(forged), valid)
+    assert 0.85 <= score <= 0.91, score
+    # without the photometric match the colour shift alone breaks the agreement
+    assert registration_agreement(_chw(original), _chw(forged), valid, photometric=False) < score - 0.1
+    # pixels without a counterpart never agree
+    half = valid.clone()
+    half[:, 128:] = False
+    assert registration_agreement(_chw(original), _chw(forged), half) <= 0.5 + 1e-6
+    with pytest.raises(ValueError, match="shapes differ"):
+        registration_agreement(_chw(original), _chw(forged[:100]), valid)
+
+
+def test_register_pair_keeps_an_exact_resize_and_finds_a_crop(photo) -> None:
+    forged = _edited(photo, 40, 100, 60, 140)
+    reg = register_pair(photo, forged)
+    assert reg.result.method == "resize" and reg.result.ok and reg.agreement > 0.88
+    # a cropped, rescaled view: the plain resize explains little, the homography (or the box) most of it
+    h, w = photo.shape[:2]
+    x0, y0, cw, ch = 26, 19, int(0.8 * w), int(0.8 * h)
+    view = _resize(forged[y0 : y0 + ch, x0 : x0 + cw], 180, 135)
+    reg = register_pair(photo, view, max_side=256, num_features=512)
+    assert reg.result.method == "features" and reg.agreement > 0.8, reg.candidates
+    assert reg.candidates["resize"] < 0.5
+    box = (x0 / w, y0 / h, (x0 + cw) / w, (y0 + ch) / h)
+    reg = register_pair(photo, view, crop_box=box, use_features=False)
+    assert reg.result.method == "crop_box" and reg.agreement > 0.8, reg.candidates
+
+
+def test_register_pair_reports_unrelated_photos_as_unregistered(photo) -> None:
+    other = procedural_photo(150, 200, np.random.default_rng(99))
+    reg = register_pair(photo, other, max_side=256, num_features=512)
+    assert not reg.result.ok and reg.agreement < 0.3
+    assert reg.result.original_warped.shape == (3, 150, 200)

@@ -14,6 +14,11 @@ that in three ways, tried in this order:
 3. When matching fails and both images have nearly the same aspect ratio and look alike once resized,
    a plain resize (``method="resize"``).
 
+:func:`register_pair` does not trust any single one: it builds the candidate registrations (plain
+resize, feature homography, a given crop box), scores each by how much of the forgery the registered
+original explains (:func:`registration_agreement`) and keeps the best. The same score tells an SPG pair
+(an edited copy: most of the forgery agrees with the original) from an SDG one (little of it does).
+
 If all fail the original is simply resized onto the forgery's grid (``method="identity"``) and
 ``AlignResult.ok`` is ``False``: callers decide what to do with an unaligned pair.
 
@@ -36,7 +41,12 @@ from torch import Tensor
 
 __all__ = [
     "AlignResult",
+    "Registration",
     "align_pair",
+    "gaussian_blur_float",
+    "photometric_match",
+    "register_pair",
+    "registration_agreement",
     "box_homography",
     "estimate_homography",
     "homography_is_plausible",
@@ -343,3 +353,166 @@ def align_pair(
     if allow_resize and _looks_resized(original, forged):
         return AlignResult(warped, valid, h, "resize", True, n_matches, n_inl)
     return AlignResult(warped, valid, h, "identity", False, n_matches, n_inl)
+
+
+# --------------------------------------------------------------------------------------------------
+# photometric matching and registration scoring
+
+
+def gaussian_blur_float(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of a (C, H, W) float image with reflect padding."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    if min(x.shape[-2:]) <= r:
+        return x
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[0]
+    y = F.pad(x[None], (r, r, 0, 0), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    y = F.pad(y, (0, 0, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return y[0]
+
+
+def photometric_match(orig: Tensor, forged: Tensor, valid: Tensor, iters: int = 2, keep: float = 0.7,
+                     max_samples: int = 40_000) -> Tensor:
+    """Per-channel ``gain * orig + offset`` fitted to ``forged`` on valid pixels (robust: the worst
+    residuals, where the edits are, are left out of the refit). Fitted on at most ``max_samples``
+    evenly spaced pixels."""
+    idx = torch.nonzero(valid.flatten()).flatten()
+    if idx.numel() < 64:
+        return orig
+    idx = idx[:: max(1, idx.numel() // max_samples)].numpy()
+    o = orig.reshape(3, -1).numpy()[:, idx].astype(np.float64)
+    f = forged.reshape(3, -1).numpy()[:, idx].astype(np.float64)
+    gains, offsets = np.ones(3), np.zeros(3)
+    use = np.ones(o.shape[1], dtype=bool)
+    for _ in range(iters):
+        ou, fu = o[:, use], f[:, use]
+        om, fm = ou.mean(1), fu.mean(1)
+        var = ((ou - om[:, None]) ** 2).mean(1)
+        cov = ((ou - om[:, None]) * (fu - fm[:, None])).mean(1)
+        gains = np.where(var > 1e-6, np.clip(cov / np.maximum(var, 1e-6), 0.5, 2.0), 1.0)
+        offsets = fm - gains * om
+        res = np.abs(f - (gains[:, None] * o + offsets[:, None])).max(0)
+        use = res <= np.quantile(res, keep)
+        if use.sum() < 32:
+            break
+    g = torch.from_numpy(gains).to(orig.dtype).view(3, 1, 1)
+    b = torch.from_numpy(offsets).to(orig.dtype).view(3, 1, 1)
+    return (orig * g + b).clamp(0, 255)
+
+
+def registration_agreement(
+    original_on_forged: Tensor,
+    forged: Tensor,
+    valid: Tensor,
+    *,
+    threshold: float = 16.0,
+    blur_sigma: float = 1.0,
+    photometric: bool = True,
+    max_side: int = 512,
+) -> float:
+    """Fraction of the forgery's pixels that a registered original explains.
+
+    A pixel agrees when it has a counterpart in the original (``valid``) and, after a robust per-channel
+    gain/offset match of the original (:func:`photometric_match`) and a light blur of both (JPEG noise,
+    resampling), differs from it by at most ``threshold`` (0..255, max over channels). A well registered
+    SPG pair agrees everywhere but on its edits; a wrong registration, or two different photos, agree on
+    little more than flat areas. Computed at a long side of at most ``max_side``.
+
+    Args:
+        original_on_forged: ``(3, H, W)`` original on the forgery's grid (``uint8`` or float 0..255).
+        forged: ``(3, H, W)`` forgery (``uint8`` or float 0..255).
+        valid: ``(H, W)`` bool, forgery pixels with a counterpart in the original.
+    """
+    if original_on_forged.shape != forged.shape or valid.shape != forged.shape[-2:]:
+        raise ValueError(f"shapes differ: original {tuple(original_on_forged.shape)}, forged {tuple(forged.shape)}, "
+                         f"valid {tuple(valid.shape)}")
+    o, f, v = original_on_forged.float(), forged.float(), valid.bool()
+    h, w = f.shape[-2:]
+    s = min(1.0, max_side / max(h, w))
+    if s < 1.0:
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        o = F.interpolate(o[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        f = F.interpolate(f[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        v = F.interpolate(v[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0] > 0.999
+    if not bool(v.any()):
+        return 0.0
+    if photometric:
+        o = photometric_match(o, f, v)
+    d = (gaussian_blur_float(f, blur_sigma) - gaussian_blur_float(o, blur_sigma)).abs().amax(0)
+    return float(((d <= threshold) & v).float().mean())
+
+
+@dataclass
+class Registration:
+    """The best registration of a pair (:func:`register_pair`).
+
+    ``result`` is the chosen :class:`AlignResult` (``ok`` is ``False`` when no candidate reached
+    ``min_agreement``); ``agreement`` its :func:`registration_agreement`; ``candidates`` the agreement of
+    every candidate tried, by method.
+    """
+
+    result: AlignResult
+    agreement: float
+    candidates: dict[str, float]
+
+
+def register_pair(
+    original: Tensor | np.ndarray,
+    forged: Tensor | np.ndarray,
+    crop_box: tuple[float, float, float, float] | Tensor | None = None,
+    *,
+    use_features: bool = True,
+    min_agreement: float = 0.3,
+    margin: float = 0.01,
+    agreement_kwargs: dict | None = None,
+    **align_kwargs,
+) -> Registration:
+    """Register ``original`` onto ``forged`` by the best of several candidates.
+
+    Candidates, in order of preference on ties: a plain resize of the whole original, the feature
+    homography of :func:`align_pair` (when matching succeeds), and ``crop_box`` (e.g. the pair
+    classifier's box) when given. Each is scored by :func:`registration_agreement`; a candidate replaces
+    an earlier one only when it agrees by more than ``margin`` more (an exact resize is not traded for a
+    homography that fits the JPEG noise a little better).
+
+    Args:
+        original, forged: ``(3, H, W)`` ``uint8`` tensors or ``(H, W, 3)`` arrays.
+        crop_box: normalised ``(x0, y0, x1, y1)`` of the forgery's view inside the original, or ``None``.
+        use_features: try feature matching.
+        margin: agreement a later candidate needs over an earlier one to be chosen.
+        min_agreement: below it the registration is reported as failed (``result.ok`` is ``False``).
+        agreement_kwargs: keyword arguments of :func:`registration_agreement`.
+        align_kwargs: keyword arguments of :func:`align_pair` for the feature candidate.
+    """
+    original, forged = _as_chw(original), _as_chw(forged)
+    orig_hw = (int(original.shape[-2]), int(original.shape[-1]))
+    forged_hw = (int(forged.shape[-2]), int(forged.shape[-1]))
+    kw = dict(agreement_kwargs or {})
+    candidates: list[AlignResult] = []
+    h = resize_homography(orig_hw, forged_hw)
+    candidates.append(AlignResult(*warp_original(original, h, forged_hw), h, "resize", True))
+    if use_features:
+        res = align_pair(original, forged, allow_resize=False, **align_kwargs)
+        if res.ok:
+            candidates.append(res)
+    if crop_box is not None:
+        try:
+            candidates.append(align_pair(original, forged, crop_box=crop_box))
+        except ValueError:  # a degenerate box: not a candidate
+            pass
+    scores = [registration_agreement(c.original_warped, forged, c.valid, **kw) for c in candidates]
+    best = 0
+    for i in range(1, len(candidates)):
+        if scores[i] > scores[best] + margin:
+            best = i
+    chosen = candidates[best]
+    if scores[best] < min_agreement:
+        chosen = AlignResult(chosen.original_warped, chosen.valid, chosen.homography, chosen.method, False,
+                             chosen.num_matches, chosen.num_inliers)
+    return Registration(chosen, scores[best], {c.method: round(sc, 6) for c, sc in zip(candidates, scores, strict=True)})

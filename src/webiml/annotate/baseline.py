@@ -24,7 +24,6 @@ difference map either way (meaningless for SDG pairs, where QES then usually dro
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from webiml.annotate.align import gaussian_blur_float, photometric_match
 from webiml.models.caaa import AnnotationResult
 
 __all__ = ["AnnotationResult", "BaselineAnnotator", "DifferenceAnnotator", "as_chw_uint8"]
@@ -63,59 +63,12 @@ def _working_size(h: int, w: int, max_side: int) -> tuple[int, int]:
     return max(1, round(h * f)), max(1, round(w * f))
 
 
-def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of a (C, H, W) float image with reflect padding."""
-    if sigma <= 0:
-        return x
-    r = max(1, int(math.ceil(3 * sigma)))
-    if min(x.shape[-2:]) <= r:
-        return x
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype)
-    c = x.shape[0]
-    y = F.pad(x[None], (r, r, 0, 0), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    y = F.pad(y, (0, 0, r, r), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return y[0]
-
-
 def _dilate(p: Tensor, k: int) -> Tensor:
     return F.max_pool2d(p[None, None], k, stride=1, padding=k // 2)[0, 0] if k > 1 else p
 
 
 def _erode(p: Tensor, k: int) -> Tensor:
     return -F.max_pool2d(-p[None, None], k, stride=1, padding=k // 2)[0, 0] if k > 1 else p
-
-
-def _photometric_fit(orig: Tensor, forged: Tensor, valid: Tensor, iters: int = 2, keep: float = 0.7,
-                     max_samples: int = 40_000) -> Tensor:
-    """Per-channel ``gain * orig + offset`` fitted to ``forged`` on valid pixels (robust: the worst
-    residuals, where the edits are, are left out of the refit). Fitted on at most ``max_samples``
-    evenly spaced pixels."""
-    idx = torch.nonzero(valid.flatten()).flatten()
-    if idx.numel() < 64:
-        return orig
-    idx = idx[:: max(1, idx.numel() // max_samples)].numpy()
-    o = orig.reshape(3, -1).numpy()[:, idx].astype(np.float64)
-    f = forged.reshape(3, -1).numpy()[:, idx].astype(np.float64)
-    gains, offsets = np.ones(3), np.zeros(3)
-    use = np.ones(o.shape[1], dtype=bool)
-    for _ in range(iters):
-        ou, fu = o[:, use], f[:, use]
-        om, fm = ou.mean(1), fu.mean(1)
-        var = ((ou - om[:, None]) ** 2).mean(1)
-        cov = ((ou - om[:, None]) * (fu - fm[:, None])).mean(1)
-        gains = np.where(var > 1e-6, np.clip(cov / np.maximum(var, 1e-6), 0.5, 2.0), 1.0)
-        offsets = fm - gains * om
-        res = np.abs(f - (gains[:, None] * o + offsets[:, None])).max(0)
-        use = res <= np.quantile(res, keep)
-        if use.sum() < 32:
-            break
-    g = torch.from_numpy(gains).to(orig.dtype).view(3, 1, 1)
-    b = torch.from_numpy(offsets).to(orig.dtype).view(3, 1, 1)
-    return (orig * g + b).clamp(0, 255)
 
 
 def _drop_small_regions(p: Tensor, min_pixels: int, low: float) -> Tensor:
@@ -257,8 +210,8 @@ class DifferenceAnnotator(nn.Module):
         o = _resize_float(original.float(), (max(1, round(oh * s)), max(1, round(ow * s))))
         o_on_f, valid, method, ok, vf = self._align(o, f, aligned)
         if self.photometric:
-            o_on_f = _photometric_fit(o_on_f, f, valid)
-        d = (_gaussian_blur(f, self.blur_sigma) - _gaussian_blur(o_on_f, self.blur_sigma)).abs().amax(0)
+            o_on_f = photometric_match(o_on_f, f, valid)
+        d = (gaussian_blur_float(f, self.blur_sigma) - gaussian_blur_float(o_on_f, self.blur_sigma)).abs().amax(0)
         d = torch.where(valid, d, torch.zeros_like(d))
         noise = float(d[valid].median()) if bool(valid.any()) else 0.0
         t = max(self.threshold, self.noise_factor * noise)

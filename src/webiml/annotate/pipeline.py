@@ -249,35 +249,11 @@ def collate_pairs(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # annotators
 
 
-_PART_NAMES = {
-    "classifier": ("classifier", "pair_classifier"),
-    "spg": ("spg", "spg_segmenter"),
-    "sdg": ("sdg", "sdg_segmenter"),
-}
-
-
-def _is_model_folder(p: Path) -> bool:
-    return p.is_dir() and ((p / "config.json").is_file() or (p / "model.safetensors").is_file())
-
-
 def find_caaa_parts(checkpoint: str | os.PathLike[str]) -> dict[str, str]:
-    """The saved CAAAv2 parts of a checkpoint folder: subfolders ``classifier``, ``spg`` and ``sdg``
-    (or ``pair_classifier`` / ``spg_segmenter`` / ``sdg_segmenter``), each a ``save_pretrained`` folder."""
-    root = Path(checkpoint)
-    if not root.is_dir():
-        raise FileNotFoundError(f"CAAAv2 checkpoint folder not found: {root}")
-    parts = {}
-    for part, names in _PART_NAMES.items():
-        for name in names:
-            if _is_model_folder(root / name):
-                parts[part] = str(root / name)
-                break
-    if "spg" not in parts and "sdg" not in parts:
-        raise FileNotFoundError(
-            f"{root}: no CAAAv2 segmenter found (expected save_pretrained folders {root}/spg and/or {root}/sdg, "
-            f"and {root}/classifier)"
-        )
-    return parts
+    """The saved CAAAv2 parts of a checkpoint folder (see :func:`webiml.models.caaa.find_parts`)."""
+    from webiml.models.caaa import find_parts
+
+    return find_parts(checkpoint)
 
 
 def build_annotator(name: str, checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any) -> nn.Module:
@@ -293,10 +269,7 @@ def build_annotator(name: str, checkpoint: str | os.PathLike[str] | None = None,
         from webiml.models.caaa import CAAAv2Annotator, PairClassifier, SDGSegmenter, SPGSegmenter
 
         if checkpoint is not None:
-            loader = getattr(CAAAv2Annotator, "from_pretrained", None)
-            if loader is not None and not any(_is_model_folder(Path(checkpoint) / n) for ns in _PART_NAMES.values() for n in ns):
-                return loader(checkpoint, **kwargs)
-            return CAAAv2Annotator.from_pretrained_parts(**find_caaa_parts(checkpoint), **kwargs)
+            return CAAAv2Annotator.from_pretrained(checkpoint, **kwargs)
         warnings.warn("CAAAv2 annotator with RANDOM weights (no --checkpoint given): the masks are meaningless; "
                       "use it only to test the pipeline", stacklevel=2)
         return CAAAv2Annotator(PairClassifier(), SPGSegmenter(), SDGSegmenter(), **kwargs)
@@ -307,7 +280,7 @@ def _annotator_config(annotator: nn.Module) -> Any:
     cfg = getattr(annotator, "config", None)
     if isinstance(cfg, dict):
         return cfg
-    keys = ("spg_size", "sdg_size", "tta", "align_kwargs")
+    keys = ("spg_size", "sdg_size", "tta", "photometric", "verify_category", "spg_agreement", "align_kwargs", "agreement_kwargs")
     return {k: getattr(annotator, k) for k in keys if hasattr(annotator, k)}
 
 
@@ -350,6 +323,7 @@ class AnnotationTask(L.LightningModule):
                 **res, "status": "ok", "mask": mask8, "qes": qes(mask8, low=cfg.low, high=cfg.high, eps=cfg.eps),
                 "category": str(ann.category), "class_prob": float(ann.class_prob), "aligned": bool(ann.aligned),
                 "align_method": getattr(ann, "align_method", None), "height": int(mask8.shape[0]), "width": int(mask8.shape[1]),
+                "agreement": getattr(ann, "agreement", None), "category_source": getattr(ann, "category_source", None),
             })
         return out
 
@@ -470,6 +444,8 @@ class AnnotationWriter(BasePredictionWriter):
                     "mask": mask_rel, "qes": float(res["qes"]), "category": res["category"],
                     "class_prob": round(float(res["class_prob"]), 6), "aligned": res["aligned"],
                     "align_method": res["align_method"], "height": res["height"], "width": res["width"],
+                    "agreement": None if res.get("agreement") is None else round(float(res["agreement"]), 6),
+                    "category_source": res.get("category_source"),
                 })
                 self.counts["ok"] += 1
             else:
@@ -621,7 +597,8 @@ def finalize(
             kept = bool(q > qes_config.threshold)
             row = {"pair_id": spec.pair_id, "original": spec.original, "forged": spec.forged, "status": "ok",
                    "mask": rec["mask"], "category": rec.get("category"), "class_prob": rec.get("class_prob"),
-                   "aligned": rec.get("aligned"), "align_method": rec.get("align_method"), "qes": q, "kept": kept,
+                   "aligned": rec.get("aligned"), "align_method": rec.get("align_method"), "agreement": rec.get("agreement"),
+                   "category_source": rec.get("category_source"), "qes": q, "kept": kept,
                    "height": rec.get("height"), "width": rec.get("width")}
             cats[str(rec.get("category"))] += 1
             if kept:

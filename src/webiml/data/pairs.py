@@ -16,7 +16,8 @@ Synthesis (deterministic from a :class:`numpy.random.Generator`; photos from a
 
 Mask rule: a pair mask marks **every pixel of the forgery that its edits changed** (``forged !=
 reference`` before the forgery's own JPEG compression) together with each edit's own mask (alpha > 0.5,
-or the filled region of a removal). So ``forged[mask == 0] == reference[mask == 0]`` holds exactly, where
+or the filled region of a removal). With ``label_tolerance`` t > 0, changes of at most t levels outside
+an edit's own mask are left out (then ``|forged - reference| <= t`` where the mask is 0). So ``forged[mask == 0] == reference[mask == 0]`` holds exactly, where
 ``reference`` is the forgery's unedited content (``Pair.reference``); for an aligned SPG pair without
 degradation the reference *is* the original.
 
@@ -194,8 +195,11 @@ def _degrade(
     return image, info
 
 
-def _changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    return (before != after).any(axis=-1)
+def _changed(before: np.ndarray, after: np.ndarray, tolerance: int = 0) -> np.ndarray:
+    """Pixels whose value changed by more than ``tolerance`` levels (max over channels)."""
+    if tolerance <= 0:
+        return (before != after).any(axis=-1)
+    return (np.abs(before.astype(np.int16) - after.astype(np.int16)).max(axis=-1) > tolerance)
 
 
 def _edit(
@@ -262,6 +266,7 @@ def _apply_edits(
     edit_weights: Sequence[float] | None,
     region_area: tuple[float, float],
     max_mask_area: float,
+    label_tolerance: int = 0,
     max_tries: int = 12,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     kinds = list(edit_kinds)
@@ -282,7 +287,7 @@ def _apply_edits(
             out, own = _edit(forged, regions, kind, pool, rng, region_area)
         except ValueError:
             continue
-        new_mask = mask | own | _changed(forged, out)
+        new_mask = mask | own | _changed(forged, out, label_tolerance)
         if not new_mask.any() or new_mask.mean() > max_mask_area:
             continue
         forged, mask = out, new_mask
@@ -313,6 +318,7 @@ def make_spg_pair(
     jpeg_p: float = 0.6,
     jpeg_quality: tuple[int, int] = (60, 95),
     forged_jpeg_p: float = 0.3,
+    label_tolerance: int = 0,
     max_tries: int = 20,
 ) -> Pair:
     """An SPG pair: the forgery is an edited copy of (a view of) the original.
@@ -320,7 +326,9 @@ def make_spg_pair(
     ``aligned=None`` draws it with probability ``p_aligned``. Not aligned: the forgery shows the box
     ``crop_box`` of the photo (margins from ``crop_range``, or with ``p_large_crop`` a 40-80 % view).
     ``degrade=False`` switches off every degradation (original and forgery), so for an aligned pair
-    ``forged[mask == 0] == original[mask == 0]`` exactly.
+    ``forged[mask == 0] == original[mask == 0]`` exactly. ``label_tolerance`` > 0 leaves out of the mask
+    the pixels an edit changed by at most that many levels (the faint fringe of a feathered paste, which
+    no annotator can see after JPEG) unless they belong to the edit's own region.
     """
     for _ in range(max_tries):
         photo, regions = _sample(pool, size, rng)
@@ -332,7 +340,7 @@ def make_spg_pair(
         try:
             forged, mask, done = _apply_edits(
                 view, view_regions, pool, rng, n_edits=n_edits, edit_kinds=edit_kinds, edit_weights=edit_weights,
-                region_area=region_area, max_mask_area=max_mask_area,
+                region_area=region_area, max_mask_area=max_mask_area, label_tolerance=label_tolerance,
             )
         except ValueError:
             continue
@@ -366,12 +374,14 @@ def make_sdg_pair(
     jpeg_p: float = 0.6,
     jpeg_quality: tuple[int, int] = (60, 95),
     forged_jpeg_p: float = 0.3,
+    label_tolerance: int = 0,
     max_tries: int = 20,
 ) -> Pair:
     """An SDG pair: an object (or region) of the original pasted into another photo.
 
     ``mask`` marks the pasted object in the forgery, ``source_mask`` the donated region in the
-    original (resized with the original when it is degraded, nearest neighbour).
+    original (resized with the original when it is degraded, nearest neighbour). ``label_tolerance``
+    as in :func:`make_spg_pair`.
     """
     for _ in range(max_tries):
         donor, donor_regions = _sample(pool, size, rng)
@@ -382,7 +392,7 @@ def make_sdg_pair(
             f = make_splice(target, donor, region, rng, scale=scale)
         except ValueError:
             continue
-        mask = (f.mask > 127) | _changed(target, f.image)
+        mask = (f.mask > 127) | _changed(target, f.image, label_tolerance)
         if not mask.any() or mask.mean() > max_mask_area:
             continue
         forged, original, source = f.image, donor, region
@@ -445,17 +455,19 @@ def synthesize_pair(
     size: tuple[int, int] = (256, 256),
     degrade: bool = True,
     p_aligned: float = 0.4,
+    label_tolerance: int = 0,
 ) -> Pair:
     """One random pair; ``categories`` maps category -> probability (or lists the categories, equally
-    likely). A sequence of ``(name, weight)`` tuples is accepted as a mapping."""
+    likely). A sequence of ``(name, weight)`` tuples is accepted as a mapping. ``label_tolerance``: see
+    :func:`make_spg_pair`."""
     if not isinstance(categories, Mapping) and categories and isinstance(next(iter(categories)), tuple | list):
         categories = dict(categories)  # type: ignore[arg-type]
     names, probs = _category_probs(categories)
     cat = names[int(rng.choice(len(names), p=probs))]
     if cat == "SPG":
-        return make_spg_pair(pool, rng, size=size, degrade=degrade, p_aligned=p_aligned)
+        return make_spg_pair(pool, rng, size=size, degrade=degrade, p_aligned=p_aligned, label_tolerance=label_tolerance)
     if cat == "SDG":
-        return make_sdg_pair(pool, rng, size=size, degrade=degrade)
+        return make_sdg_pair(pool, rng, size=size, degrade=degrade, label_tolerance=label_tolerance)
     return make_unrelated_pair(pool, rng, size=size, degrade=degrade)
 
 
@@ -566,6 +578,7 @@ def write_pair_dataset(
     degrade: bool = True,
     p_aligned: float = 0.4,
     source: str = "synthetic-pairs",
+    label_tolerance: int = 0,
     overwrite: bool = False,
 ) -> Path:
     """Write ``n`` synthetic pairs to ``out_dir`` and return the manifest path (``pairs.jsonl``).
@@ -587,6 +600,8 @@ def write_pair_dataset(
     }
     manifest = out / "pairs.jsonl"
     params_path = out / "params.json"
+    if label_tolerance:  # recorded only when used, so caches written before the option stay valid
+        params["label_tolerance"] = int(label_tolerance)
     if not overwrite and manifest.is_file() and params_path.is_file():
         try:
             same = json.loads(params_path.read_text(encoding="utf-8")) == json.loads(json.dumps(params))
@@ -601,7 +616,8 @@ def write_pair_dataset(
     cats = dict(zip(names, probs.tolist(), strict=True))
     for i in range(int(n)):
         rng = np.random.default_rng([int(seed), i])
-        pair = synthesize_pair(pool, rng, categories=cats, size=size, degrade=degrade, p_aligned=p_aligned)
+        pair = synthesize_pair(pool, rng, categories=cats, size=size, degrade=degrade, p_aligned=p_aligned,
+                               label_tolerance=label_tolerance)
         stem = f"{i:06d}.png"
         save_image(out / "original" / stem, pair.original)
         save_image(out / "forged" / stem, pair.forged)

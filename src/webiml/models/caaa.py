@@ -48,6 +48,7 @@ __all__ = [
     "SPG",
     "SDG",
     "AnnotationResult",
+    "find_parts",
     "CAAAv2Annotator",
     "PairClassifier",
     "PairClassifierOutput",
@@ -64,6 +65,26 @@ PART_FOLDERS: dict[str, tuple[str, ...]] = {
     "sdg": ("sdg", "sdg_segmenter"),
 }
 """Sub-folders of a CAAAv2 parts folder (first name preferred), see :meth:`CAAAv2Annotator.from_pretrained`."""
+
+
+def find_parts(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """The saved CAAAv2 parts of ``folder``: ``{"classifier": path, "spg": path, "sdg": path}`` for the
+    sub-folders of :data:`PART_FOLDERS` that hold a ``save_pretrained`` model (missing parts are left out).
+    Raises ``FileNotFoundError`` when the folder is missing or holds no segmenter."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"CAAAv2 parts folder not found: {root}")
+    parts: dict[str, str] = {}
+    for part, names in PART_FOLDERS.items():
+        for name in names:
+            sub = root / name
+            if sub.is_dir() and ((sub / "config.json").is_file() or (sub / "model.safetensors").is_file()):
+                parts[part] = str(sub)
+                break
+    if "spg" not in parts and "sdg" not in parts:
+        raise FileNotFoundError(f"{root}: no CAAAv2 segmenter found (expected save_pretrained folders {root}/spg "
+                                f"and/or {root}/sdg, and {root}/classifier)")
+    return parts
 TIMM_PRETRAINED = "timm"
 """``encoder_weights`` value asking timm for its own pretrained weights (needs the network)."""
 
@@ -500,10 +521,12 @@ class AnnotationResult:
     """CAAAv2's annotation of one pair.
 
     ``soft_mask``: float ``(H', W')`` in [0, 1] at the forgery's resolution; ``category``: ``"SPG"`` or
-    ``"SDG"``; ``class_prob``: the classifier's probability of that category (1.0 when it was given);
-    ``aligned``: whether the SPG pair was judged spatially aligned (``False`` for SDG). ``align_method``
-    / ``align_ok`` / ``valid_fraction`` describe the alignment of SPG pairs; ``box`` is the classifier's
-    crop box.
+    ``"SDG"``; ``class_prob``: the probability of that category (the classifier's; the registration
+    agreement when registration overrode it; 1.0 when it was given); ``category_source``: ``"given"``,
+    ``"classifier"`` or ``"registration"``; ``aligned``: whether the SPG pair was judged spatially aligned
+    (``False`` for SDG). ``align_method`` / ``align_ok`` / ``valid_fraction`` / ``agreement`` describe the
+    registration of SPG pairs (``agreement``: fraction of the forgery the registered original explains,
+    see :func:`webiml.annotate.align.registration_agreement`); ``box`` is the classifier's crop box.
     """
 
     soft_mask: Tensor
@@ -514,6 +537,8 @@ class AnnotationResult:
     align_ok: bool = True
     valid_fraction: float = 1.0
     box: tuple[float, float, float, float] | None = None
+    agreement: float | None = None
+    category_source: str = "classifier"
 
 
 def _resize_long_side(x: Tensor, max_side: int) -> Tensor:
@@ -526,21 +551,34 @@ def _resize_long_side(x: Tensor, max_side: int) -> Tensor:
 
 
 class CAAAv2Annotator(nn.Module):
-    """Classifier -> alignment -> SPG or SDG segmenter, on raw ``uint8`` pairs.
+    """Classifier -> registration -> SPG or SDG segmenter, on raw ``uint8`` pairs.
 
-    SPG pairs: an aligned pair (classifier) is resized onto the forgery; otherwise the original is
-    aligned by feature matching (:func:`~webiml.annotate.align.align_pair`), falling back to the
-    classifier's crop box when matching fails. Forgery pixels without a counterpart in the original
-    take the forgery's own pixels in the "original" input (zero difference there). Segmenters run at
-    a long side of at most ``spg_size`` / ``sdg_size`` (SDG: both images) and the soft mask is resized
-    to the forgery's resolution.
+    SPG pairs are registered by :func:`~webiml.annotate.align.register_pair`: a plain resize, the
+    feature homography and the classifier's crop box are each scored by how much of the forgery the
+    registered original explains, and the best is kept (so neither a wrong "aligned" decision nor a
+    slightly-off homography spoils an exactly aligned pair). The registered original is matched to the
+    forgery's colours (per-channel gain/offset, robust to the edits) when ``photometric``; forgery pixels
+    without a counterpart in the original take the forgery's own pixels (zero difference there).
+
+    Category verification (``verify_category``): a pair the classifier calls SDG is registered anyway,
+    and when the original explains at least ``spg_agreement`` of the forgery it is an edited copy of the
+    original, i.e. SPG (``category_source="registration"``). Two different photos never agree that
+    much, so this only corrects the classifier's misses on SPG pairs; it costs one registration per
+    SDG-classified pair.
+
+    Segmenters run at a long side of at most ``spg_size`` / ``sdg_size`` (SDG: both images) and the soft
+    mask is resized to the forgery's resolution.
 
     Args:
         classifier, spg, sdg: the three models; ``classifier`` may be ``None`` when the category is
             always passed to :meth:`annotate`; a missing segmenter makes that category an error.
         spg_size, sdg_size: long side the segmenters run at.
         tta: flip test-time augmentation of the segmenters.
-        align_kwargs: keyword arguments of :func:`~webiml.annotate.align.align_pair`.
+        photometric: match the registered original's colours to the forgery before SPG segmentation.
+        verify_category: let a registration that explains the forgery override an SDG decision.
+        spg_agreement: agreement (0..1) from which a pair counts as SPG.
+        align_kwargs: keyword arguments of :func:`~webiml.annotate.align.align_pair` (feature candidate).
+        agreement_kwargs: keyword arguments of :func:`~webiml.annotate.align.registration_agreement`.
     """
 
     def __init__(
@@ -551,13 +589,23 @@ class CAAAv2Annotator(nn.Module):
         spg_size: int = 1024,
         sdg_size: int = 512,
         tta: bool = True,
+        photometric: bool = True,
+        verify_category: bool = True,
+        spg_agreement: float = 0.5,
         align_kwargs: dict[str, Any] | None = None,
+        agreement_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if not 0.0 < spg_agreement <= 1.0:
+            raise ValueError(f"spg_agreement must be in (0, 1], got {spg_agreement}")
         self.classifier, self.spg, self.sdg = classifier, spg, sdg
         self.spg_size, self.sdg_size = int(spg_size), int(sdg_size)
         self.tta = bool(tta)
+        self.photometric = bool(photometric)
+        self.verify_category = bool(verify_category)
+        self.spg_agreement = float(spg_agreement)
         self.align_kwargs = dict(align_kwargs or {})
+        self.agreement_kwargs = dict(agreement_kwargs or {})
 
     @classmethod
     def from_pretrained_parts(
@@ -582,19 +630,7 @@ class CAAAv2Annotator(nn.Module):
         ``spg/`` (or ``spg_segmenter/``) and ``sdg/`` (or ``sdg_segmenter/``), each a ``save_pretrained``
         folder (as written by :meth:`save_pretrained` or :func:`webiml.tasks.ciml.export_pair_checkpoint`);
         missing parts are ``None``. ``kwargs`` go to the constructor."""
-        root = Path(folder)
-        if not root.is_dir():
-            raise FileNotFoundError(f"CAAAv2 parts folder not found: {root}")
-        parts: dict[str, str] = {}
-        for part, names in PART_FOLDERS.items():
-            for name in names:
-                sub = root / name
-                if (sub / "config.json").is_file() or (sub / "model.safetensors").is_file():
-                    parts[part] = str(sub)
-                    break
-        if "spg" not in parts and "sdg" not in parts:
-            raise FileNotFoundError(f"{root}: no CAAAv2 segmenter found (expected save_pretrained folders {root}/spg "
-                                    f"and/or {root}/sdg, and {root}/classifier)")
+        parts = find_parts(folder)
         return cls.from_pretrained_parts(**parts, **kwargs)
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
@@ -623,15 +659,22 @@ class CAAAv2Annotator(nn.Module):
             return SPG, p, float(out.aligned_probs()[0]) >= 0.5, box  # type: ignore[return-value]
         return SDG, 1.0 - p, False, box  # type: ignore[return-value]
 
+    def register(self, original: Tensor, forged: Tensor, box: tuple[float, float, float, float] | None = None) -> Any:
+        """The best registration of the original onto the forgery (:func:`~webiml.annotate.align.register_pair`)."""
+        from webiml.annotate.align import register_pair
+
+        return register_pair(original.cpu(), forged.cpu(), crop_box=box, agreement_kwargs=self.agreement_kwargs, **self.align_kwargs)
+
     @torch.inference_mode()
     def annotate(
         self, original: Tensor, forged: Tensor, category: str | None = None, aligned: bool | None = None
     ) -> AnnotationResult:
         """Annotate one pair: ``original`` ``uint8`` (3, H, W), ``forged`` ``uint8`` (3, H', W').
 
-        ``category`` (``"SPG"``/``"SDG"``) and ``aligned`` override the classifier's decisions.
+        ``category`` (``"SPG"``/``"SDG"``) overrides the classifier (and its verification); ``aligned=True``
+        takes the pair as aligned (the original is resized onto the forgery, no registration search).
         """
-        from webiml.annotate.align import align_pair
+        from webiml.annotate.align import AlignResult, photometric_match, registration_agreement
 
         for name, t in (("original", original), ("forged", forged)):
             if t.ndim != 3 or t.shape[0] != 3:
@@ -640,40 +683,49 @@ class CAAAv2Annotator(nn.Module):
         self.eval()
         try:
             box: tuple[float, float, float, float] | None = None
+            registration = None
+            source = "given"
             if category is None:
                 category, prob, cls_aligned, box = self.classify(original, forged)
+                source = "classifier"
+                if category == SDG and self.verify_category and self.spg is not None and aligned is not True:
+                    registration = self.register(original, forged, box)
+                    if registration.agreement >= self.spg_agreement:
+                        category, prob, source = SPG, registration.agreement, "registration"
             else:
                 category = category.upper()
                 if category not in (SPG, SDG):
                     raise ValueError(f"category must be 'SPG' or 'SDG', got {category!r}")
-                prob, cls_aligned = 1.0, aligned if aligned is not None else False
-                if aligned is None and category == SPG and self.classifier is not None:
-                    _, _, cls_aligned, box = self.classify(original, forged)
-            if aligned is not None:
-                cls_aligned = bool(aligned)
+                prob, cls_aligned = 1.0, False
+                if category == SPG and self.classifier is not None and aligned is None:
+                    box = self.classify(original, forged)[3]
             dev = self._device()
             fh, fw = forged.shape[-2:]
+            result_kwargs: dict[str, Any] = {}
             if category == SPG:
                 if self.spg is None:
                     raise ValueError("this annotator has no SPG segmenter")
-                method, ok, vf = "resize", True, 1.0
-                if cls_aligned:
+                if aligned:
                     orig_on_forged = F.interpolate(
                         original[None].float(), size=(fh, fw), mode="bilinear", align_corners=False, antialias=True
-                    )[0]
+                    )[0].cpu()
                     valid = torch.ones(fh, fw, dtype=torch.bool)
+                    res = AlignResult(orig_on_forged, valid, torch.eye(3, dtype=torch.float64), "given", True)
+                    agreement = registration_agreement(orig_on_forged, forged.cpu(), valid, **self.agreement_kwargs)
                 else:
-                    res = align_pair(original.cpu(), forged.cpu(), **self.align_kwargs)
-                    if not res.ok and box is not None:
-                        res = align_pair(original.cpu(), forged.cpu(), crop_box=box)
-                    method, ok, vf = res.method, res.ok, res.valid_fraction
+                    registration = registration or self.register(original, forged, box)
+                    res, agreement = registration.result, registration.agreement
                     orig_on_forged, valid = res.original_warped.float(), res.valid
+                if self.photometric:
+                    orig_on_forged = photometric_match(orig_on_forged, forged.float().cpu(), valid)
                 orig_on_forged = torch.where(valid[None], orig_on_forged, forged.float().cpu())
                 o = _resize_long_side(self.spg.normalize(orig_on_forged.to(dev) / 255.0), self.spg_size)
                 f = _resize_long_side(self.spg.normalize(forged.to(dev)), self.spg_size)
                 out = self.spg.forward_tta(o, f) if self.tta else self.spg(o, f)
                 logits = out.mask_logits
-                result_kwargs = {"align_method": method, "align_ok": ok, "valid_fraction": vf}
+                cls_aligned = res.method in ("resize", "given", "identity")
+                result_kwargs = {"align_method": res.method, "align_ok": bool(res.ok), "valid_fraction": res.valid_fraction,
+                                 "agreement": float(agreement)}
             else:
                 if self.sdg is None:
                     raise ValueError("this annotator has no SDG segmenter")
@@ -681,11 +733,10 @@ class CAAAv2Annotator(nn.Module):
                 f = _resize_long_side(self.sdg.normalize(forged.to(dev)), self.sdg_size)
                 out = self.sdg.forward_tta(o, f) if self.tta else self.sdg(o, f)
                 logits = out.mask_logits
-                result_kwargs = {}
                 cls_aligned = False
             if logits.shape[-2:] != (fh, fw):
                 logits = F.interpolate(logits, size=(fh, fw), mode="bilinear", align_corners=False)
             soft = logits[0, 0].sigmoid().float().cpu()
-            return AnnotationResult(soft, category, float(prob), bool(cls_aligned), box=box, **result_kwargs)
+            return AnnotationResult(soft, category, float(prob), bool(cls_aligned), box=box, category_source=source, **result_kwargs)
         finally:
             self.train(was_training)

@@ -192,6 +192,8 @@ class PairDataModule(L.LightningDataModule):
         size: side of the square tensors the batches hold.
         batch_size, eval_batch_size, num_workers, pin_memory: loaders.
         hflip, box_jitter: training augmentation (see :class:`PairDataset`).
+        label_tolerance: generated masks leave out changes of at most this many levels outside an edit's
+            own region (see :func:`~webiml.data.pairs.make_spg_pair`); 0 marks every changed pixel.
     """
 
     def __init__(
@@ -217,6 +219,7 @@ class PairDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         hflip: float = 0.5,
         box_jitter: float = 0.01,
+        label_tolerance: int = 0,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -237,6 +240,7 @@ class PairDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
         self.hflip, self.box_jitter = float(hflip), float(box_jitter)
+        self.label_tolerance = int(label_tolerance)
         self.datasets: dict[str, PairDataset] = {}
 
     def _generated(self, split: str) -> list[str]:
@@ -245,7 +249,7 @@ class PairDataModule(L.LightningDataModule):
         offset = {"train": 0, "val": 1, "test": 2}[split]
         path = write_pair_dataset(
             self.root / self.mode / split, self.counts[split], seed=self.seed + offset, pool=self.photos,
-            size=self.synth_size, categories=self.categories, degrade=self.degrade,
+            size=self.synth_size, categories=self.categories, degrade=self.degrade, label_tolerance=self.label_tolerance,
         )
         return [str(path)]
 
