@@ -175,3 +175,17 @@ def test_list_and_create_models() -> None:
         webiml.from_pretrained("apsc-net-convnext-b-miml")
     with pytest.raises(KeyError, match="unknown model"):
         webiml.create_model("nope")
+
+
+def test_catalogue_listing_does_not_import_torch() -> None:
+    """`webiml zoo list` must stay instant: the catalogue module reads YAML only."""
+    code = ("import sys, webiml.catalogue as c; names = c.list_models(); assert names; "
+            "heavy = [m for m in ('torch', 'timm', 'lightning') if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_hub_validation_checks_architectures() -> None:
+    entry = {"name": "x", "status": "available", "architecture": "NoSuchNet", "config": {}, "license": "", "training": {},
+             "weights": {"embedded": "x.safetensors"}, "sha256": "0" * 64}
+    with pytest.raises(ValueError, match="unknown architecture"):
+        validate_catalogue({"models": [entry]})

@@ -23,114 +23,47 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from webiml.catalogue import STATUSES, CatalogueEntry, catalogue_path, list_models, load_catalogue
+from webiml.catalogue import validate_catalogue as _validate_catalogue
 from webiml.io import _default_mode, atomic_write_text
 from webiml.models.base import MODEL_CLASSES, IMLModel
+
+__all__ = [
+    "STATUSES",
+    "CatalogueEntry",
+    "CheckpointError",
+    "catalogue_path",
+    "create_model",
+    "from_pretrained",
+    "list_models",
+    "load_catalogue",
+    "push_to_hub",
+    "save_pretrained",
+    "sha256_of",
+    "validate_catalogue",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl", ".pickle", ".tar")
-STATUSES = ("available", "converted", "needs-conversion", "unreleased-upstream")
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be loaded; the message says which file and what is wrong."""
 
 
-# ---------------------------------------------------------------------------------------------
-# The catalogue
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CatalogueEntry:
-    """One model of the zoo (an entry of ``checkpoints.yaml``)."""
-
-    name: str
-    status: str
-    architecture: str
-    config: dict[str, Any]
-    description: str = ""
-    task: str = "iml"
-    weights: dict[str, Any] = field(default_factory=dict)
-    sha256: str | None = None
-    normalization: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    license: str = ""
-    paper: str | None = None
-    notes: str = ""
-
-    @property
-    def loadable(self) -> bool:
-        return self.status in ("available", "converted") and bool(self.weights.get("embedded") or self.weights.get("hub"))
-
-
-_REQUIRED = ("name", "status", "architecture", "config", "license", "training")
-
-
-def catalogue_path() -> Path:
-    """Path of the catalogue shipped inside the package (``checkpoints.yaml`` at the repo root links to it)."""
-    return Path(str(resources.files("webiml") / "checkpoints.yaml"))
-
-
 def validate_catalogue(data: Any, where: str = "checkpoints.yaml") -> list[CatalogueEntry]:
-    """Check the catalogue's schema and return its entries; raises ``ValueError`` naming the entry."""
-    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        raise ValueError(f"{where}: expected a mapping with a 'models' list")
-    entries: list[CatalogueEntry] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(data["models"]):
-        label = f"{where}: models[{i}]" + (f" ({raw.get('name')})" if isinstance(raw, dict) else "")
-        if not isinstance(raw, dict):
-            raise ValueError(f"{label}: expected a mapping")
-        missing = [k for k in _REQUIRED if k not in raw]
-        if missing:
-            raise ValueError(f"{label}: missing {missing}")
-        unknown = set(raw) - set(CatalogueEntry.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{label}: unknown keys {sorted(unknown)}")
-        if raw["name"] in seen:
-            raise ValueError(f"{label}: duplicate name")
-        seen.add(raw["name"])
-        if raw["status"] not in STATUSES:
-            raise ValueError(f"{label}: status must be one of {STATUSES}, got {raw['status']!r}")
-        entry = CatalogueEntry(**raw)
-        if entry.architecture not in MODEL_CLASSES and entry.status in ("available", "converted"):
-            raise ValueError(f"{label}: unknown architecture {entry.architecture!r}")
-        if entry.status in ("available", "converted"):
-            w = entry.weights
-            if not (w.get("embedded") or w.get("hub")):
-                raise ValueError(f"{label}: an available model needs weights.embedded or weights.hub")
-            if w.get("hub") and not (isinstance(w["hub"], dict) and w["hub"].get("repo_id") and w["hub"].get("revision")):
-                raise ValueError(f"{label}: weights.hub needs repo_id and a pinned revision")
-            if not (isinstance(entry.sha256, str) and len(entry.sha256) == 64):
-                raise ValueError(f"{label}: an available model needs its sha256")
-            for m in entry.metrics:
-                if "command" not in m:
-                    raise ValueError(f"{label}: every metrics row must record the command that produced it")
-        entries.append(entry)
-    return entries
-
-
-def load_catalogue(path: str | os.PathLike[str] | None = None) -> dict[str, CatalogueEntry]:
-    path = Path(path) if path else catalogue_path()
-    with path.open(encoding="utf-8") as f:
-        data = yaml.safe_load(f)
-    return {e.name: e for e in validate_catalogue(data, str(path))}
-
-
-def list_models(pattern: str = "*", *, available_only: bool = False) -> list[str]:
-    """Names of catalogue models matching a glob ``pattern`` (like ``timm.list_models``)."""
-    entries = load_catalogue().values()
-    return sorted(e.name for e in entries if fnmatch.fnmatch(e.name, pattern) and (e.loadable or not available_only))
+    """:func:`webiml.catalogue.validate_catalogue` that also checks every loadable entry's architecture is
+    a registered :class:`IMLModel` class (imports the models)."""
+    return _validate_catalogue(data, where, architectures=MODEL_CLASSES)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def zoo(argv: list[str]) -> int:
     p_info.add_argument("--json", action="store_true", help="print as JSON")
     args = parser.parse_args(argv)
 
-    from webiml.hub import list_models, load_catalogue
+    from webiml.catalogue import list_models, load_catalogue
 
     entries = load_catalogue()
     if args.action == "list":
