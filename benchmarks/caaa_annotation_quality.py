@@ -125,7 +125,8 @@ def evaluate(annotator: Any, triples: list[Triple], *, oracle_category: bool, ve
         res.iou.append(value)
         res.qes.append(score)
         res.per_pair.append({"pair": t.name, "category": t.category, "predicted": str(ann.category).upper(), "iou": value,
-                             "qes": score, "align": getattr(ann, "align_method", None), "seconds": res.seconds[-1]})
+                             "qes": score, "align": getattr(ann, "align_method", None), "seconds": res.seconds[-1],
+                             "category_source": getattr(ann, "category_source", None), "agreement": getattr(ann, "agreement", None)})
         if verbose:
             print(f"  {t.name:<40} {t.category} -> {ann.category}  IoU {value:.3f}  QES {score:.3f}  "
                   f"{getattr(ann, 'align_method', '')}", file=sys.stderr)
@@ -193,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint-dir", default=None, help="trained CAAAv2 parts (classifier/, spg/, sdg/): adds CAAAv2")
     ap.add_argument("--caaa-random", action="store_true", help="also run CAAAv2 with random weights (pipeline check only)")
     ap.add_argument("--oracle-category", action="store_true", help="give CAAAv2 the true category even with a classifier")
+    ap.add_argument("--ablate-verification", action="store_true",
+                    help="also run CAAAv2 with the classifier's category alone (verify_category=False)")
     ap.add_argument("--qes-threshold", type=float, default=0.5)
     ap.add_argument("--limit", type=int, default=None, help="at most this many triples per data set")
     ap.add_argument("--json", default=None, help="write all numbers (and per-pair values) to this JSON file")
@@ -222,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         parts = find_caaa_parts(args.checkpoint_dir)
         oracle = args.oracle_category or "classifier" not in parts
         annotators.append((f"CAAAv2{' (oracle category)' if oracle else ''}", build_annotator("caaa", args.checkpoint_dir), oracle))
+        if args.ablate_verification and not oracle:
+            annotators.append(("CAAAv2 (classifier only)", build_annotator("caaa", args.checkpoint_dir, verify_category=False), False))
     if args.caaa_random:
         annotators.append(("CAAAv2 random weights", build_annotator("caaa"), False))
 

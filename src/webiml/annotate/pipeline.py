@@ -648,8 +648,11 @@ def _write_contact_sheet(out: Path, rows: list[dict[str, Any]], summary: Annotat
         report.append(ReportRow(
             pid,
             [("original", paths["original"]), ("forgery", paths["forged"]), ("mask", paths["mask"])],
-            [("QES", f"{row['qes']:.3f}"), ("kept", "yes" if row["kept"] else "no"), ("category", str(row["category"])),
-             ("alignment", str(row.get("align_method"))), ("size", f"{row['width']}x{row['height']}")],
+            [("QES", f"{row['qes']:.3f}"), ("kept", "yes" if row["kept"] else "no"),
+             ("category", str(row["category"]) + (f" (by {row['category_source']})" if row.get("category_source") else "")),
+             ("alignment", str(row.get("align_method"))
+              + (f", agreement {row['agreement']:.2f}" if row.get("agreement") is not None else "")),
+             ("size", f"{row['width']}x{row['height']}")],
         ))
     intro = (f"{summary.pairs} pairs: {summary.kept} kept, {summary.dropped} dropped (QES &le; {summary.qes_threshold:g}), "
              f"{summary.failed} failed. Showing the first {len(rows)}.")

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from webiml.data.datasets import ManifestDataset, collate_skip_broken, records_from_paths
 from webiml.data.manifest import ManifestRecord, read_manifest
 from webiml.data.samplers import SourceBalancedSampler, UnrepeatedDistributedSampler
-from webiml.data.transforms import Compose, degrade, make_eval_transform, make_train_transform
+from webiml.data.transforms import Compose, Degrade, make_eval_transform, make_train_transform
 
 EvalSets = Mapping[str, str] | Sequence[str] | str | None
 
@@ -52,24 +51,6 @@ def check_degradation(kind: str, level: float) -> None:
         expected = {"jpeg": "an integer JPEG quality in 1..100", "blur": "a sigma >= 0", "noise": "a std >= 0",
                     "resize": "a scale > 0"}[kind]
         raise ValueError(f"test_degradation {kind}: level {level} is not {expected}")
-
-
-class TestDegradation:
-    """Deterministic test-time degradation of the image only (see :func:`webiml.data.transforms.degrade`);
-    noise is drawn from a generator seeded with ``seed`` for every sample."""
-
-    def __init__(self, kind: str, level: float, seed: int = 0) -> None:
-        check_degradation(kind, level)
-        self.kind, self.level, self.seed = kind, level, seed
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        out = dict(sample)
-        gen = torch.Generator().manual_seed(self.seed) if self.kind == "noise" else None
-        out["image"] = degrade(sample["image"], self.kind, self.level, gen)
-        return out
-
-    def __repr__(self) -> str:
-        return f"TestDegradation(kind={self.kind!r}, level={self.level!r}, seed={self.seed})"
 
 
 def _named_sets(spec: EvalSets) -> dict[str, list[str]]:
@@ -209,7 +190,7 @@ class IMLDataModule(L.LightningDataModule):
             records = {name: self._read(paths) for name, paths in self.test_sets.items()}
             hp_seed = hp.get("degradation_seed", 0)
             self._datasets["test"] = [
-                ManifestDataset(records[base], eval_tf if kind == "none" else Compose([TestDegradation(kind, level, hp_seed), *eval_tf.transforms]))
+                ManifestDataset(records[base], eval_tf if kind == "none" else Compose([Degrade(kind, level, hp_seed), *eval_tf.transforms]))
                 for base, kind, level in self.test_variants.values()
             ]
         if stage in (None, "predict") and self.predict_inputs:
