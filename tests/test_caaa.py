@@ -160,6 +160,33 @@ def test_annotator_spg_and_sdg() -> None:
         annot.annotate(original, forged, category="XYZ")
 
 
+def test_spg_refinement_head_starts_as_a_no_op_and_loads_from_a_plain_model(tmp_path) -> None:
+    from webiml.hub import CheckpointError
+    from webiml.tasks.ciml import load_pair_init_weights
+
+    torch.manual_seed(0)
+    plain = SPGSegmenter().eval()
+    plain.save_pretrained(tmp_path / "plain")
+    refined = SPGSegmenter(refine_channels=8)
+    with pytest.warns(UserWarning, match="refine"):
+        missing = load_pair_init_weights(refined, str(tmp_path / "plain"))
+    assert missing and all(k.startswith("refine.") for k in missing)
+    refined.eval()
+    o, f = torch.randn(1, 3, 45, 70), torch.randn(1, 3, 45, 70)
+    with torch.no_grad():
+        a, b = plain(o, f), refined(o, f)
+    assert b.mask_logits.shape == (1, 1, 45, 70) and len(b.aux_mask_logits) == 1
+    torch.testing.assert_close(a.mask_logits, b.mask_logits)  # zero-initialised correction
+    refined.train()
+    b = refined(o, f)
+    (b.mask_logits.mean() + b.aux_mask_logits[0].mean()).backward()
+    assert refined.refine[-1].weight.grad is not None and refined.refine[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_pair_init_weights(SPGSegmenter(arch="FPN"), str(tmp_path / "plain"))
+    with pytest.raises(ValueError, match="refine_channels"):
+        SPGSegmenter(refine_channels=-1)
+
+
 def _always_sdg_classifier() -> PairClassifier:
     clf = PairClassifier(input_size=64)
     head = clf.encoder.get_classifier()

