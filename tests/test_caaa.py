@@ -249,6 +249,24 @@ def test_spg_dataset_aligns_the_original_with_the_crop_box(tmp_path) -> None:
         assert diff[outside[0]].mean() < 2.0  # the recorded box puts the original exactly onto the forgery
 
 
+def test_low_resolution_augmentation_blurs_training_images_only(tmp_path) -> None:
+    dm = _dm(tmp_path, "classifier", num_train=4, synth_size=96, size=96)
+    dm.prepare_data()
+    dm.setup("fit")
+    records = dm.datasets["train"].records
+
+    def detail(ds: PairDataset) -> float:  # mean absolute horizontal gradient: high-frequency content
+        return float(np.mean([ds[i]["forged"].float().diff(dim=-1).abs().mean() for i in range(len(ds))]))
+
+    sharp = PairDataset(records, mode="classifier", size=96, train=True, hflip=0.0)
+    low = PairDataset(records, mode="classifier", size=96, train=True, hflip=0.0, low_res_p=1.0, low_res_range=(0.3, 0.3))
+    assert detail(low) < 0.8 * detail(sharp)
+    evaluation = PairDataset(records, mode="classifier", size=96, train=False, low_res_p=1.0)
+    assert detail(evaluation) == pytest.approx(detail(sharp))
+    with pytest.raises(ValueError, match="low_res_range"):
+        PairDataset(records, mode="classifier", low_res_range=(0.0, 1.0))
+
+
 def test_sdg_dataset_items_and_classifier_labels(tmp_path) -> None:
     recs_dm = _dm(tmp_path, "classifier", num_train=8)
     recs_dm.prepare_data()

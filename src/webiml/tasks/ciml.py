@@ -90,6 +90,9 @@ class PairDataset(Dataset):
         size: side of the square output (or ``(h, w)``).
         train: apply random horizontal flips (``hflip``) and box jitter (``box_jitter``, SPG mode: the
             crop box used for alignment is perturbed by up to this fraction, imitating alignment error).
+        low_res_p, low_res_range: training only: each image, independently with probability ``low_res_p``,
+            loses resolution (shrunk by a factor drawn from ``low_res_range``, then brought to ``size``), so
+            that a model trained on photos of one size also works on smaller, upsampled web images.
     """
 
     def __init__(
@@ -100,6 +103,8 @@ class PairDataset(Dataset):
         train: bool = False,
         hflip: float = 0.5,
         box_jitter: float = 0.0,
+        low_res_p: float = 0.0,
+        low_res_range: tuple[float, float] = (0.4, 1.0),
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -109,6 +114,19 @@ class PairDataset(Dataset):
         self.train = bool(train)
         self.hflip = float(hflip) if train else 0.0
         self.box_jitter = float(box_jitter) if train else 0.0
+        self.low_res_p = float(low_res_p) if train else 0.0
+        lo, hi = (float(v) for v in low_res_range)
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"low_res_range must satisfy 0 < low <= high <= 1, got {low_res_range}")
+        self.low_res_range = (lo, hi)
+
+    def _maybe_low_res(self, image: Tensor) -> Tensor:
+        if self.low_res_p <= 0 or torch.rand(()) >= self.low_res_p:
+            return image
+        lo, hi = self.low_res_range
+        s = lo + (hi - lo) * float(torch.rand(()))
+        h, w = image.shape[-2:]
+        return _resize_u8(image, (max(8, round(h * s)), max(8, round(w * s))))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -141,8 +159,8 @@ class PairDataset(Dataset):
             warped, valid = warp_original(original, h, fhw)
             original = torch.where(valid[None], warped, forged)
             source_mask = torch.full((1, *fhw), IGNORE)
-        original = _resize_u8(original, self.size)
-        forged = _resize_u8(forged, self.size)
+        original = _resize_u8(self._maybe_low_res(original), self.size)
+        forged = _resize_u8(self._maybe_low_res(forged), self.size)
         mask = _resize_target(mask, self.size)
         source_mask = _resize_target(source_mask, self.size)
         if self.hflip and torch.rand(()) < self.hflip:
@@ -191,7 +209,7 @@ class PairDataModule(L.LightningDataModule):
         seed: seed of the generator (train: ``seed``, val: ``seed + 1``, test: ``seed + 2``).
         size: side of the square tensors the batches hold.
         batch_size, eval_batch_size, num_workers, pin_memory: loaders.
-        hflip, box_jitter: training augmentation (see :class:`PairDataset`).
+        hflip, box_jitter, low_res_p, low_res_range: training augmentation (see :class:`PairDataset`).
         label_tolerance: generated masks leave out changes of at most this many levels outside an edit's
             own region (see :func:`~webiml.data.pairs.make_spg_pair`); 0 marks every changed pixel.
     """
@@ -220,6 +238,8 @@ class PairDataModule(L.LightningDataModule):
         hflip: float = 0.5,
         box_jitter: float = 0.01,
         label_tolerance: int = 0,
+        low_res_p: float = 0.0,
+        low_res_range: tuple[float, float] = (0.4, 1.0),
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -241,6 +261,7 @@ class PairDataModule(L.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.hflip, self.box_jitter = float(hflip), float(box_jitter)
         self.label_tolerance = int(label_tolerance)
+        self.low_res_p, self.low_res_range = float(low_res_p), (float(low_res_range[0]), float(low_res_range[1]))
         self.datasets: dict[str, PairDataset] = {}
 
     def _generated(self, split: str) -> list[str]:
@@ -270,7 +291,8 @@ class PairDataModule(L.LightningDataModule):
             records = self._records(split)
             if records:
                 self.datasets[split] = PairDataset(
-                    records, self.mode, self.size, train=split == "train", hflip=self.hflip, box_jitter=self.box_jitter
+                    records, self.mode, self.size, train=split == "train", hflip=self.hflip, box_jitter=self.box_jitter,
+                    low_res_p=self.low_res_p, low_res_range=self.low_res_range,
                 )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
