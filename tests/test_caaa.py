@@ -187,12 +187,12 @@ def test_spg_refinement_head_starts_as_a_no_op_and_loads_from_a_plain_model(tmp_
         SPGSegmenter(refine_channels=-1)
 
 
-def _always_sdg_classifier() -> PairClassifier:
+def _constant_classifier(category_logit: float) -> PairClassifier:
     clf = PairClassifier(input_size=64)
     head = clf.encoder.get_classifier()
     with torch.no_grad():
         head.weight[0] = 0.0
-        head.bias[0] = -20.0  # category logit: always SDG
+        head.bias[0] = category_logit  # > 0: always SPG, < 0: always SDG
     return clf
 
 
@@ -203,16 +203,27 @@ def test_registration_overrides_a_wrong_sdg_decision_only_for_edited_copies() ->
     photo = torch.from_numpy(procedural_photo(96, 128, np.random.default_rng(3)).copy()).permute(2, 0, 1)
     forged = photo.clone()
     forged[:, 30:60, 40:80] = 255 - forged[:, 30:60, 40:80]
-    annot = CAAAv2Annotator(_always_sdg_classifier(), SPGSegmenter(), SDGSegmenter(top_k=4), spg_size=64, sdg_size=64)
+    annot = CAAAv2Annotator(_constant_classifier(-20.0), SPGSegmenter(), SDGSegmenter(top_k=4), spg_size=64, sdg_size=64)
     res = annot.annotate(photo, forged)  # an edited copy: the original explains ~90 % of it
     assert res.category == "SPG" and res.category_source == "registration" and res.agreement > 0.8
     assert res.align_method == "resize" and res.class_prob == pytest.approx(res.agreement)
     other = torch.from_numpy(procedural_photo(96, 128, np.random.default_rng(4)).copy()).permute(2, 0, 1)
     res = annot.annotate(other, forged)  # a different photo: the classifier's SDG stands
     assert res.category == "SDG" and res.category_source == "classifier"
+    # the other way round: an "SPG" pair whose original explains almost nothing of the forgery is SDG
+    annot.classifier = _constant_classifier(20.0)
+    res = annot.annotate(other, forged)
+    assert res.category == "SDG" and res.category_source == "registration"
+    res = annot.annotate(photo, forged)
+    assert res.category == "SPG" and res.category_source == "classifier" and res.agreement > 0.8
     annot.verify_category = False
+    res = annot.annotate(other, forged)
+    assert res.category == "SPG" and res.category_source == "classifier"
+    annot.classifier = _constant_classifier(-20.0)
     res = annot.annotate(photo, forged)
     assert res.category == "SDG" and res.category_source == "classifier"
+    with pytest.raises(ValueError, match="sdg_agreement"):
+        CAAAv2Annotator(spg=SPGSegmenter(), spg_agreement=0.5, sdg_agreement=0.6)
     with pytest.raises(ValueError, match="spg_agreement"):
         CAAAv2Annotator(spg=SPGSegmenter(), spg_agreement=0.0)
 

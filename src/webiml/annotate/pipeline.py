@@ -280,7 +280,7 @@ def _annotator_config(annotator: nn.Module) -> Any:
     cfg = getattr(annotator, "config", None)
     if isinstance(cfg, dict):
         return cfg
-    keys = ("spg_size", "sdg_size", "tta", "photometric", "verify_category", "spg_agreement", "align_kwargs", "agreement_kwargs")
+    keys = ("spg_size", "sdg_size", "tta", "photometric", "verify_category", "spg_agreement", "sdg_agreement", "align_kwargs", "agreement_kwargs")
     return {k: getattr(annotator, k) for k in keys if hasattr(annotator, k)}
 
 
