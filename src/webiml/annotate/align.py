@@ -47,6 +47,7 @@ __all__ = [
     "photometric_match",
     "register_pair",
     "registration_agreement",
+    "shrink_to_max_side",
     "box_homography",
     "estimate_homography",
     "homography_is_plausible",
@@ -108,6 +109,19 @@ def _from_float01(x: Tensor, like: Tensor) -> Tensor:
     if like.dtype == torch.uint8:
         return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
     return x.to(like.dtype)
+
+
+def shrink_to_max_side(x: Tensor, max_side: int) -> Tensor:
+    """A float image ``(C, H, W)`` or batch ``(B, C, H, W)`` shrunk (bilinear, antialiased) so that its long
+    side is at most ``max_side``; returned as is when it already is."""
+    h, w = x.shape[-2:]
+    f = max_side / max(h, w)
+    if f >= 1.0:
+        return x
+    size = (max(1, round(h * f)), max(1, round(w * f)))
+    batch = x if x.ndim == 4 else x[None]
+    out = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out if x.ndim == 4 else out[0]
 
 
 def _scale_matrix(sx: float, sy: float) -> Tensor:
@@ -432,14 +446,9 @@ def registration_agreement(
     if original_on_forged.shape != forged.shape or valid.shape != forged.shape[-2:]:
         raise ValueError(f"shapes differ: original {tuple(original_on_forged.shape)}, forged {tuple(forged.shape)}, "
                          f"valid {tuple(valid.shape)}")
-    o, f, v = original_on_forged.float(), forged.float(), valid.bool()
-    h, w = f.shape[-2:]
-    s = min(1.0, max_side / max(h, w))
-    if s < 1.0:
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        o = F.interpolate(o[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-        f = F.interpolate(f[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-        v = F.interpolate(v[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0] > 0.999
+    o, f, v = shrink_to_max_side(original_on_forged.float(), max_side), shrink_to_max_side(forged.float(), max_side), valid.bool()
+    if f.shape[-2:] != v.shape:
+        v = F.interpolate(v[None, None].float(), size=f.shape[-2:], mode="bilinear", align_corners=False)[0, 0] > 0.999
     if not bool(v.any()):
         return 0.0
     if photometric:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from webiml.annotate.align import gaussian_blur_float, photometric_match
+from webiml.annotate.align import gaussian_blur_float, photometric_match, shrink_to_max_side
 from webiml.models.caaa import AnnotationResult
 
 __all__ = ["AnnotationResult", "BaselineAnnotator", "DifferenceAnnotator", "as_chw_uint8"]
@@ -56,11 +56,6 @@ def _resize_float(x: Tensor, size: tuple[int, int]) -> Tensor:
         return x
     shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
-
-
-def _working_size(h: int, w: int, max_side: int) -> tuple[int, int]:
-    f = min(1.0, max_side / max(h, w))
-    return max(1, round(h * f)), max(1, round(w * f))
 
 
 def _dilate(p: Tensor, k: int) -> Tensor:
@@ -202,8 +197,8 @@ class DifferenceAnnotator(nn.Module):
         """
         original, forged = as_chw_uint8(original).cpu(), as_chw_uint8(forged).cpu()
         fh, fw = forged.shape[-2:]
-        wh, ww = _working_size(fh, fw, self.max_side)
-        f = _resize_float(forged.float(), (wh, ww))
+        f = shrink_to_max_side(forged.float(), self.max_side)
+        wh, ww = f.shape[-2:]
         oh, ow = original.shape[-2:]
         # keep the original's scale relative to the forgery at the working resolution
         s = wh / fh

@@ -195,6 +195,31 @@ def _degrade(
     return image, info
 
 
+def _degrade_pair(
+    original: np.ndarray,
+    forged: np.ndarray,
+    rng: np.random.Generator,
+    info: dict[str, Any],
+    *,
+    colour_p: float,
+    resize_p: float,
+    scale_range: tuple[float, float],
+    jpeg_p: float,
+    jpeg_quality: tuple[int, int],
+    forged_jpeg_p: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The web's copies of a pair: the original degraded (:func:`_degrade`), the forgery JPEG-recompressed
+    with probability ``forged_jpeg_p``; the choices are recorded in ``info``."""
+    original, info["original_degradation"] = _degrade(
+        original, rng, colour_p=colour_p, resize_p=resize_p, scale_range=scale_range, jpeg_p=jpeg_p, jpeg_quality=jpeg_quality
+    )
+    q = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
+    if rng.random() < forged_jpeg_p:
+        forged = jpeg_compress(forged, q)
+        info["forged_jpeg"] = q
+    return original, forged
+
+
 def _changed(before: np.ndarray, after: np.ndarray, tolerance: int = 0) -> np.ndarray:
     """Pixels whose value changed by more than ``tolerance`` levels (max over channels)."""
     if tolerance <= 0:
@@ -347,13 +372,10 @@ def make_spg_pair(
         info: dict[str, Any] = {"edits": done, "crop_px": [x0, y0, x1, y1]}
         original = photo
         if degrade:
-            original, info["original_degradation"] = _degrade(
-                photo, rng, colour_p=colour_p, resize_p=resize_p, scale_range=scale_range, jpeg_p=jpeg_p, jpeg_quality=jpeg_quality
+            original, forged = _degrade_pair(
+                photo, forged, rng, info, colour_p=colour_p, resize_p=resize_p, scale_range=scale_range, jpeg_p=jpeg_p,
+                jpeg_quality=jpeg_quality, forged_jpeg_p=forged_jpeg_p,
             )
-            q = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
-            if rng.random() < forged_jpeg_p:
-                forged = jpeg_compress(forged, q)
-                info["forged_jpeg"] = q
         box = (x0 / w, y0 / h, x1 / w, y1 / h)
         return Pair(original, forged, mask.astype(np.uint8) * 255, "SPG", is_aligned, box, None, view, info)
     raise RuntimeError(f"no SPG pair in {max_tries} tries")
@@ -398,14 +420,11 @@ def make_sdg_pair(
         forged, original, source = f.image, donor, region
         info: dict[str, Any] = {"scale": f.info.get("scale"), "flip": f.info.get("flip")}
         if degrade:
-            original, info["original_degradation"] = _degrade(
-                donor, rng, colour_p=colour_p, resize_p=resize_p, scale_range=degrade_scale_range, jpeg_p=jpeg_p, jpeg_quality=jpeg_quality
+            original, forged = _degrade_pair(
+                donor, forged, rng, info, colour_p=colour_p, resize_p=resize_p, scale_range=degrade_scale_range, jpeg_p=jpeg_p,
+                jpeg_quality=jpeg_quality, forged_jpeg_p=forged_jpeg_p,
             )
             source = _resize_bool(region, *original.shape[:2])
-            q = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
-            if rng.random() < forged_jpeg_p:
-                forged = jpeg_compress(forged, q)
-                info["forged_jpeg"] = q
         return Pair(original, forged, mask.astype(np.uint8) * 255, "SDG", False, FULL_BOX, source.astype(np.uint8) * 255, target, info)
     raise RuntimeError(f"no SDG pair in {max_tries} tries")
 

