@@ -703,7 +703,7 @@ class CAAAv2Annotator(nn.Module):
             registration = None
             source = "given"
             if category is None:
-                category, prob, cls_aligned, box = self.classify(original, forged)
+                category, prob, _, box = self.classify(original, forged)  # registration decides alignment
                 source = "classifier"
                 if self.verify_category and aligned is not True:
                     if category == SDG and self.spg is not None:
@@ -718,7 +718,7 @@ class CAAAv2Annotator(nn.Module):
                 category = category.upper()
                 if category not in (SPG, SDG):
                     raise ValueError(f"category must be 'SPG' or 'SDG', got {category!r}")
-                prob, cls_aligned = 1.0, False
+                prob = 1.0
                 if category == SPG and self.classifier is not None and aligned is None:
                     box = self.classify(original, forged)[3]
             dev = self._device()
@@ -745,7 +745,7 @@ class CAAAv2Annotator(nn.Module):
                 f = shrink_to_max_side(self.spg.normalize(forged.to(dev)), self.spg_size)
                 out = self.spg.forward_tta(o, f) if self.tta else self.spg(o, f)
                 logits = out.mask_logits
-                cls_aligned = res.method in ("resize", "given", "identity")
+                is_aligned = res.method in ("resize", "given", "identity")
                 result_kwargs = {"align_method": res.method, "align_ok": bool(res.ok), "valid_fraction": res.valid_fraction,
                                  "agreement": float(agreement)}
             else:
@@ -755,10 +755,10 @@ class CAAAv2Annotator(nn.Module):
                 f = shrink_to_max_side(self.sdg.normalize(forged.to(dev)), self.sdg_size)
                 out = self.sdg.forward_tta(o, f) if self.tta else self.sdg(o, f)
                 logits = out.mask_logits
-                cls_aligned = False
+                is_aligned = False
             if logits.shape[-2:] != (fh, fw):
                 logits = F.interpolate(logits, size=(fh, fw), mode="bilinear", align_corners=False)
             soft = logits[0, 0].sigmoid().float().cpu()
-            return AnnotationResult(soft, category, float(prob), bool(cls_aligned), box=box, category_source=source, **result_kwargs)
+            return AnnotationResult(soft, category, float(prob), is_aligned, box=box, category_source=source, **result_kwargs)
         finally:
             self.train(was_training)
