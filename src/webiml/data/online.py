@@ -1,0 +1,275 @@
+"""Synthetic forgeries generated on the fly, in DataLoader workers: training data that never repeats.
+
+:class:`OnlineSyntheticDataset` makes sample ``i`` from a generator seeded by ``(seed, i)`` only: splicing,
+copy-move, removal (see :mod:`webiml.data.synthetic`) or Object Jitter (:func:`~webiml.data.jitter.object_jitter`)
+on a photo of the pool, with double JPEG compression, then the usual training transform (rescale, crop,
+flip, down-up resize, blur, JPEG re-compression). Every ``authentic_every``-th index is an untouched photo
+that went through the same post-processing, so every batch holds authentic images and JPEG traces alone
+never give the label away.
+
+:class:`EpochSampler` hands out fresh indices each epoch (epoch ``e`` reads ``[e * n, (e + 1) * n)``), so a
+run of any length sees each sample once, and a run resumed from a checkpoint sees the same samples as an
+uninterrupted one. :class:`OnlineSyntheticIMLDataModule` puts them together with fixed, held-out
+validation forgeries made from photos the training split never uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from webiml.data.datamodule import SyntheticIMLDataModule, make_photo_pool
+from webiml.data.datasets import ManifestDataset, collate_skip_broken
+from webiml.data.masks import target_from_mask
+from webiml.data.transforms import make_train_transform
+
+log = logging.getLogger(__name__)
+
+ONLINE_KINDS: tuple[str, ...] = ("splice", "copy_move", "removal", "jitter")
+"""Forgery kinds :class:`OnlineSyntheticDataset` can draw."""
+
+
+def make_photo_pools(specs: str | Sequence[str], split: str = "train", seed: int = 0, size: int = 256) -> Any:
+    """One :class:`~webiml.data.synthetic.PhotoPool` over several photo sources (see :func:`make_photo_pool`).
+
+    Each source is split train/val/test by a hash of the file name, so the photos of one split never
+    appear in another. ``specs``: one spec or a list (``"coco-panoptic:PATH"``, ``"bsds:PATH"``, a folder,
+    ``"procedural"`` alone).
+    """
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if not specs:
+        raise ValueError("no photo source given")
+    pools = [make_photo_pool(s, split=split, seed=seed, size=size) for s in specs]
+    if len(pools) == 1:
+        return pools[0]
+    if any(p.procedural_size is not None for p in pools):
+        raise ValueError("'procedural' photos cannot be mixed with photo folders")
+    merged = pools[0]
+    for other in pools[1:]:
+        merged.entries += other.entries
+    merged.signature = {"type": "merged", "sources": [p.signature for p in pools], "n": len(merged.entries)}
+    return merged
+
+
+class OnlineSyntheticDataset(Dataset):
+    """Random forgeries made on demand; sample ``i`` depends only on ``seed``, ``i`` and the photo pool.
+
+    Args:
+        photos: photo source spec(s) (see :func:`make_photo_pools`).
+        split: which hash split of the photos to use (``"train"``, ``"val"``, ``"test"``).
+        length: number of indices (an epoch of :class:`EpochSampler` reads a window of them; indices past
+            ``length`` are valid too: any non-negative integer is a sample).
+        size: side of the square the photo is fitted to before editing.
+        seed: seed of the generator.
+        kinds: forgery kinds to draw from (:data:`ONLINE_KINDS`).
+        authentic_every: index ``i`` is an untouched photo when ``i % authentic_every == 0`` (0: never).
+        p_jpeg: probability of double JPEG compression (before and after the edit).
+        transform: sample transform applied last (e.g. :func:`~webiml.data.transforms.make_train_transform`).
+        source: the ``source`` of every sample.
+    """
+
+    def __init__(
+        self,
+        photos: str | Sequence[str],
+        split: str = "train",
+        length: int = 10**9,
+        size: int = 320,
+        seed: int = 0,
+        kinds: Sequence[str] = ONLINE_KINDS,
+        authentic_every: int = 4,
+        p_jpeg: float = 0.5,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        source: str = "synthetic-online",
+    ) -> None:
+        unknown = [k for k in kinds if k not in ONLINE_KINDS]
+        if unknown or not kinds:
+            raise ValueError(f"kinds must be some of {ONLINE_KINDS}, got {list(kinds)}")
+        if authentic_every < 0 or authentic_every == 1:
+            raise ValueError("authentic_every must be 0 (no authentic images) or >= 2")
+        self.photos, self.split, self.length, self.size = photos, split, int(length), int(size)
+        self.seed, self.kinds, self.authentic_every, self.p_jpeg = int(seed), tuple(kinds), int(authentic_every), float(p_jpeg)
+        self.transform, self.source = transform, source
+        self._pool: Any = None  # built lazily, once per worker process
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            self._pool = make_photo_pools(self.photos, split=self.split, seed=self.seed, size=self.size)
+        return self._pool
+
+    def forgery(self, index: int) -> Any:
+        """The :class:`~webiml.data.synthetic.Forgery` of ``index`` (before the training transform)."""
+        from webiml.data.jitter import object_jitter
+        from webiml.data.synthetic import _fit, jpeg_compress, synthesize
+
+        if index < 0:
+            raise IndexError(f"sample index must be >= 0, got {index}")
+        rng = np.random.default_rng([self.seed, int(index)])
+        size = (self.size, self.size)
+        if self.authentic_every and index % self.authentic_every == 0:
+            return synthesize(self.pool, rng, kinds=(), p_authentic=1.0, size=size, p_jpeg=self.p_jpeg)
+        kind = self.kinds[int(rng.integers(len(self.kinds)))]
+        if kind == "jitter":
+            for _ in range(10):
+                photo, regions = self.pool.sample(rng)
+                photo, regions = _fit(photo, regions, size)
+                forgery = object_jitter(photo, regions, rng, second_min_candidates=2)
+                if forgery is not None:
+                    if rng.random() < self.p_jpeg:
+                        forgery.image = jpeg_compress(forgery.image, int(rng.integers(70, 101)))
+                    return forgery
+            kind = "splice"  # no usable object in ten photos: fall back to an ordinary forgery
+        return synthesize(self.pool, rng, kinds=(kind,), p_authentic=0.0, size=size, p_jpeg=self.p_jpeg)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        f = self.forgery(int(index))
+        sample = {
+            "image": torch.from_numpy(np.array(f.image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous(),
+            "mask": target_from_mask(f.mask)[None],
+            "label": torch.tensor(float(f.label)),
+            "weight": torch.tensor(1.0),
+            "path": f"{self.source}://{int(index)}",
+            "source": self.source,
+            "index": torch.tensor(int(index)),
+        }
+        return self.transform(sample) if self.transform is not None else sample
+
+
+class EpochSampler(Sampler[int]):
+    """Indices ``[e * n, (e + 1) * n)`` in epoch ``e`` (``n = samples_per_epoch``), strided over DDP ranks.
+
+    Lightning calls :meth:`set_epoch` before each training epoch (resumed runs included), so every epoch
+    reads samples no earlier epoch read, and rank ``r`` of ``world`` reads every ``world``-th of them.
+    """
+
+    def __init__(self, samples_per_epoch: int, world_size: int = 1, rank: int = 0) -> None:
+        if samples_per_epoch < world_size:
+            raise ValueError(f"samples_per_epoch ({samples_per_epoch}) must be at least the number of processes ({world_size})")
+        self.n, self.world, self.rank, self.epoch = int(samples_per_epoch), int(world_size), int(rank), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n // self.world
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.epoch * self.n
+        return iter(range(start + self.rank, start + len(self) * self.world, self.world))
+
+
+class MixedDataset(Dataset):
+    """Index ``i`` is ``extra[(i // every) % len(extra)]`` when ``i % every == 1``, else ``generated[i]``.
+
+    Index 1 (not 0) of each group of ``every`` goes to the extra data, so with ``authentic_every == every``
+    the generated authentic images (index 0 of each group) are kept.
+    """
+
+    def __init__(self, generated: Dataset, extra: Dataset, every: int) -> None:
+        self.generated, self.extra, self.every = generated, extra, int(every)
+
+    def __len__(self) -> int:
+        return len(self.generated)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        if index % self.every == 1:
+            return self.extra[(index // self.every) % len(self.extra)]  # type: ignore[arg-type]
+        return self.generated[index]
+
+
+class OnlineSyntheticIMLDataModule(SyntheticIMLDataModule):
+    """Training on forgeries made on the fly (:class:`OnlineSyntheticDataset`), validation and test on fixed
+    held-out forgeries written once by :class:`~webiml.data.datamodule.SyntheticIMLDataModule` from the
+    val/test photo splits.
+
+    Args:
+        photos: photo source spec(s); training uses their train split, validation/test their val/test split.
+        samples_per_epoch: training samples per epoch (fresh ones every epoch).
+        gen_size: side of the square photos are fitted to before editing (the training crop comes after).
+        kinds: forgery kinds of the training data.
+        authentic_every: every n-th training index is an untouched photo (with a batch size that is a
+            multiple of n, every batch holds ``batch_size / n`` authentic images).
+        p_jpeg: probability of double JPEG compression around the edit.
+        resize_p: probability of a down-up resize of the training crop (a lost-resolution re-upload).
+        extra_val: more named validation sets (manifests), e.g. real forgeries to watch.
+        extra_train: manifests of real training samples mixed into the generated ones (e.g. the kept web
+            forgeries of ``webiml annotate``): training index ``i`` with ``i % extra_every == 1`` is record
+            ``(i // extra_every) % n`` of them, through the same training transform.
+        extra_every: see ``extra_train`` (e.g. 4: a quarter of each batch; must be >= 2).
+        **kwargs: :class:`~webiml.data.datamodule.SyntheticIMLDataModule` arguments (``root``, ``num_val``,
+            ``num_test``, ``size`` of the held-out forgeries, ``p_authentic`` of the held-out sets, batch size,
+            crop, augmentation, evaluation policy, ...); ``num_train`` is not used.
+    """
+
+    def __init__(
+        self,
+        photos: str | list[str] = "procedural",
+        samples_per_epoch: int = 2048,
+        gen_size: int = 320,
+        kinds: list[str] | None = None,
+        authentic_every: int = 4,
+        p_jpeg: float = 0.5,
+        resize_p: float = 0.2,
+        extra_val: dict[str, str] | None = None,
+        extra_train: list[str] | None = None,
+        extra_every: int = 4,
+        **kwargs: Any,
+    ) -> None:
+        if extra_train and extra_every < 2:
+            raise ValueError(f"extra_every must be >= 2 with extra_train, got {extra_every}")
+        kwargs["num_train"] = 0
+        super().__init__(photos=photos, **kwargs)  # type: ignore[arg-type]
+        self.val_sets.update({name: [path] for name, path in (extra_val or {}).items()})
+
+    def prepare_data(self) -> None:
+        from webiml.data.synthetic import write_synthetic_dataset
+
+        hp = self.hparams
+        for split, n, offset in (("val", hp.num_val, 1), ("test", hp.num_test, 2)):
+            if n > 0:
+                pool = make_photo_pools(hp.photos, split=split, seed=hp.data_seed + offset, size=hp.size)
+                write_synthetic_dataset(self.root / split, n, seed=hp.data_seed * 1000 + offset, pool=pool,
+                                        size=(hp.size, hp.size), p_authentic=hp.p_authentic, source=f"synthetic-{split}")
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        train_sets, self.train_sets = self.train_sets, []  # the parent must not read a training manifest
+        try:
+            super().setup(stage)
+        finally:
+            self.train_sets = train_sets
+        if stage in (None, "fit"):
+            transform = make_train_transform(
+                crop_size=hp.crop_size, scale=tuple(hp.scale), hflip=hp.hflip, jpeg_p=hp.jpeg_p,
+                jpeg_quality=tuple(hp.jpeg_quality), blur_p=hp.blur_p, crop_bias=hp.crop_bias, resize_p=hp.resize_p,
+            )
+            generated = OnlineSyntheticDataset(
+                hp.photos, split="train", size=hp.gen_size, seed=hp.data_seed, kinds=hp.kinds or ONLINE_KINDS,
+                authentic_every=hp.authentic_every, p_jpeg=hp.p_jpeg, transform=transform,
+            )
+            if hp.extra_train:
+                extra = ManifestDataset(self._read(hp.extra_train), transform, train=True)
+                if len(extra) == 0:
+                    raise ValueError(f"extra_train {hp.extra_train}: no records")
+                self._datasets["train"] = MixedDataset(generated, extra, hp.extra_every)
+            else:
+                self._datasets["train"] = generated
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self._world()
+        sampler = EpochSampler(self.hparams.samples_per_epoch, world, rank)
+        hp = self.hparams
+        return DataLoader(
+            self._datasets["train"], batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
+            collate_fn=collate_skip_broken, pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0,
+            drop_last=True,
+        )
+

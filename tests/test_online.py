@@ -1,0 +1,128 @@
+"""On-the-fly synthetic training data: determinism, authentic images in every batch, fresh samples each
+epoch, photo splits that never overlap, and the data module end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from webiml.data.online import EpochSampler, OnlineSyntheticDataset, OnlineSyntheticIMLDataModule, make_photo_pools
+from webiml.data.transforms import make_train_transform
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 small random-texture photos (smooth blobs of colour, so edits are not trivially visible)."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        base = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        Image.fromarray(base).resize((96, 72), Image.Resampling.BICUBIC).save(root / f"photo_{i:02d}.jpg", quality=95)
+    return root
+
+
+def _dataset(photos: str, **kwargs) -> OnlineSyntheticDataset:
+    kwargs.setdefault("seed", 3)
+    return OnlineSyntheticDataset(photos, size=64, **kwargs)
+
+
+def test_sample_depends_only_on_seed_and_index(photo_folder: Path) -> None:
+    a, b = _dataset(str(photo_folder)), _dataset(str(photo_folder))
+    for i in (1, 2, 7):
+        sa, sb = a[i], b[i]
+        assert torch.equal(sa["image"], sb["image"]) and torch.equal(sa["mask"], sb["mask"])
+    assert not torch.equal(a[1]["image"], a[2]["image"])
+    assert not torch.equal(a[1]["image"], _dataset(str(photo_folder), seed=4)[1]["image"])
+
+
+def test_every_nth_index_is_authentic_and_the_rest_are_forged(photo_folder: Path) -> None:
+    ds = _dataset(str(photo_folder), authentic_every=4)
+    for i in range(12):
+        s = ds[i]
+        assert s["image"].dtype == torch.uint8 and s["image"].shape == (3, 64, 64)
+        if i % 4 == 0:
+            assert s["label"] == 0 and float(s["mask"].max()) == 0.0
+        else:
+            assert s["label"] == 1 and float(s["mask"].max()) == 1.0, f"sample {i} has an empty mask"
+    assert all(_dataset(str(photo_folder), authentic_every=0)[i]["label"] == 1 for i in (0, 4, 8))
+
+
+def test_every_kind_can_be_drawn_and_jitter_pastes_an_object(photo_folder: Path) -> None:
+    ds = _dataset(str(photo_folder), kinds=["jitter"], authentic_every=0)
+    kinds = {ds.forgery(i).kind for i in range(6)}
+    assert kinds == {"jitter"}
+    f = ds.forgery(1)
+    changed = np.abs(f.image.astype(int) - f.source.astype(int)).max(axis=2) > 0
+    assert changed[f.mask > 0].mean() > 0.5  # the pixels the mask marks were really changed
+    mixed = {_dataset(str(photo_folder), authentic_every=0).forgery(i).kind for i in range(40)}
+    assert mixed == {"splice", "copy_move", "removal", "jitter"}
+    with pytest.raises(ValueError, match="kinds"):
+        _dataset(str(photo_folder), kinds=["blur"])
+
+
+def test_training_transform_is_applied(photo_folder: Path) -> None:
+    ds = _dataset(str(photo_folder), transform=make_train_transform(crop_size=48, scale=(1.0, 1.0), jpeg_p=0.0))
+    s = ds[3]
+    assert s["image"].shape == (3, 48, 48) and s["mask"].shape == (1, 48, 48)
+
+
+def test_epoch_sampler_gives_fresh_indices_and_splits_ranks() -> None:
+    sampler = EpochSampler(8)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert first == list(range(8)) and second == list(range(8, 16))
+    ranks = [EpochSampler(8, world_size=2, rank=r) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(2)
+    a, b = (list(r) for r in ranks)
+    assert len(a) == len(b) == 4 and sorted(a + b) == list(range(16, 24))
+    with pytest.raises(ValueError):
+        EpochSampler(1, world_size=2)
+
+
+def test_photo_splits_never_share_a_photo(photo_folder: Path) -> None:
+    names = {split: {e.image.name for e in make_photo_pools(str(photo_folder), split=split).entries}
+             for split in ("train", "val", "test")}
+    assert names["train"] and not (names["train"] & names["val"]) and not (names["train"] & names["test"])
+    merged = make_photo_pools([str(photo_folder), str(photo_folder)], split="train")
+    assert len(merged.entries) == 2 * len(names["train"])
+    with pytest.raises(ValueError, match="procedural"):
+        make_photo_pools(["procedural", str(photo_folder)])
+
+
+def test_datamodule_batches_hold_authentic_images_and_validation_is_held_out(tmp_path: Path, photo_folder: Path) -> None:
+    dm = OnlineSyntheticIMLDataModule(
+        photos=str(photo_folder), root=str(tmp_path / "data"), samples_per_epoch=16, gen_size=64, authentic_every=4,
+        num_val=6, num_test=0, size=64, batch_size=8, num_workers=0, crop_size=48, pin_memory=False,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2
+    for batch in batches:
+        assert batch["image"].shape == (8, 3, 48, 48)
+        assert int((batch["label"] == 0).sum()) == 2
+    assert set(dm.eval_names("val")) == {"synthetic"}
+    val = next(iter(dm.val_dataloader()[0]))
+    assert val["image"].shape[0] >= 1
+    train_photos = {e.image for e in make_photo_pools(str(photo_folder), split="train").entries}
+    val_photos = {e.image for e in make_photo_pools(str(photo_folder), split="val").entries}
+    assert not (train_photos & val_photos)
+
+
+def test_mixed_dataset_puts_real_samples_in_every_group_and_keeps_authentic_ones(photo_folder: Path) -> None:
+    from webiml.data.online import MixedDataset
+
+    generated = _dataset(str(photo_folder), authentic_every=4)
+    extra = [{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "mask": torch.ones(1, 64, 64), "label": torch.tensor(1.0),
+              "source": f"web-{k}"} for k in range(3)]
+    mixed = MixedDataset(generated, extra, every=4)
+    assert len(mixed) == len(generated)
+    assert [mixed[i]["source"] for i in (1, 5, 9, 13)] == ["web-0", "web-1", "web-2", "web-0"]
+    assert mixed[0]["label"] == 0 and mixed[4]["label"] == 0  # the generated authentic images stay
+    assert torch.equal(mixed[2]["image"], generated[2]["image"])
