@@ -48,13 +48,19 @@ def _identity(x: Any) -> Any:
 
 
 def _unique_names(paths: list[str]) -> list[str]:
+    """One output name per input: the file's stem, then ``<stem>_1``, ``<stem>_2``... skipping every name
+    already taken (compared case-insensitively, for case-insensitive file systems), so that no result set
+    overwrites another whatever the inputs (``x/a.jpg``, ``y/a.jpg``, ``z/a_1.jpg``)."""
     names: list[str] = []
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
     for p in paths:
-        stem = Path(p).stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        names.append(stem if n == 0 else f"{stem}_{n}")
+        stem = name = Path(p).stem
+        n = 0
+        while name.casefold() in taken:
+            n += 1
+            name = f"{stem}_{n}"
+        taken.add(name.casefold())
+        names.append(name)
     return names
 
 
