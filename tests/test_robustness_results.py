@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,52 @@ def test_webiml_test_writes_results_per_level(tmp_path: Path, tiny_dataset: Path
     md = (tmp_path / "results" / "results.md").read_text()
     assert "**eval policy**: `native`" in md and "**test degradation**: `jpeg 50, 90`" in md and "## Robustness" in md
     assert "| dataset | clean | jpeg90 | jpeg50 |" in md
+
+
+def _strict_json(path: Path) -> dict:
+    """Parse as standard JSON: NaN / Infinity are not JSON, a strict reader rejects them."""
+    import json
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"{path.name}: {token} is not valid JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _metrics_writers(tmp_path: Path):
+    """MetricsSummary (val_metrics.json) and IMLTask.on_test_epoch_end (test_metrics.json) with a stand-in trainer."""
+    from types import SimpleNamespace
+
+    from webiml.callbacks import MetricsSummary
+    from webiml.models import SmpIML
+    from webiml.tasks.iml import IMLTask
+
+    nan = float("nan")
+    trainer = SimpleNamespace(log_dir=str(tmp_path), is_global_zero=True, current_epoch=0, global_step=1,
+                              callback_metrics={"val/pixel_f1": torch.tensor(0.5), "val/image_auc": torch.tensor(nan)})
+    task = IMLTask(net=SmpIML(arch="FPN"))
+    task.trainer = trainer
+    task._eval_epoch_end = lambda stage: {"test/a/pixel_f1": 0.25, "test/a/image_auc": nan}  # type: ignore[method-assign]
+    return [("val_metrics.json", lambda: MetricsSummary().on_fit_end(trainer, task), {"val/pixel_f1": 0.5, "val/image_auc": None}),
+            ("test_metrics.json", task.on_test_epoch_end, {"test/a/pixel_f1": 0.25, "test/a/image_auc": None})]
+
+
+def test_metrics_json_is_valid_and_replaced_atomically(tmp_path: Path) -> None:
+    """val_metrics.json / test_metrics.json: NaN (an undefined metric) is written as null, and the file is
+    replaced by a rename, never rewritten in place (a reader of the old file, here a hard link to it, keeps
+    a complete old file; a crash mid-write cannot leave half a file)."""
+    for name, write, expected in _metrics_writers(tmp_path):
+        path = tmp_path / name
+        path.write_text('{"old": 1}')
+        os.link(path, tmp_path / f"{name}.reader")
+        write()
+        assert _strict_json(path) == expected
+        assert _strict_json(tmp_path / f"{name}.reader") == {"old": 1}
+        assert (path.stat().st_mode & 0o777) == (0o666 & ~_umask())
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -88,7 +87,7 @@ def localize(argv: list[str]) -> int:
     from webiml.data.datasets import records_from_paths
     from webiml.hub import from_pretrained
     from webiml.inference import Localizer
-    from webiml.io import atomic_write_bytes, atomic_write_text, save_image
+    from webiml.io import atomic_write_bytes, atomic_write_json, save_image
     from webiml.viz import overlay
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -145,7 +144,7 @@ def localize(argv: list[str]) -> int:
     atomic_write_bytes(out / "scores.csv", buf.getvalue().encode())
     summary = {"model": args.model, "threshold": args.threshold, "images": rows,
                "failed": [{"path": p, "error": e} for p, e in failed]}
-    atomic_write_text(out / "scores.json", json.dumps(summary, indent=2))
+    atomic_write_json(out / "scores.json", summary)
     print(f"localized {len(rows)} image(s) in {elapsed:.1f}s; results in {out}/ (scores.csv, *_prob.png, *_mask.png"
           + ("" if args.no_overlay else ", *_overlay.jpg") + ")")
     if failed:
