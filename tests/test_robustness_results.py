@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from webiml.cli import main
-from webiml.data.datamodule import DEFAULT_LEVELS, IMLDataModule, degradation_tag
+from webiml.data.datamodule import DEFAULT_LEVELS, IMLDataModule, degradation_tag, parse_degradation_tag
 from webiml.results import collect_rows, git_commit, markdown_table, robustness_tables, split_set_name
 
 
@@ -75,6 +75,22 @@ def test_rows_tables_and_names() -> None:
     robust = robustness_tables(rows)
     assert "| dataset | clean | jpeg90 | jpeg50 |" in robust and "| a | 0.6000 | 0.5000 | 0.2000 |" in robust
     assert robustness_tables([r for r in rows if r["degradation"] == "none"]) == ""
+
+
+def test_only_real_degradation_tags_are_parsed() -> None:
+    """A set named like ``foo@v2`` (a version, a subset) is a set of its own, not a degradation level."""
+    for name in ("foo@v2", "foo@jpeg", "foo@jpeg070", "foo@blur-1", "foo@x1.5", "@jpeg70", "foo@jpeg70x"):
+        assert split_set_name(name) == (name, "none"), name
+    for kind, levels in DEFAULT_LEVELS.items():
+        for level in levels:
+            tag = degradation_tag(kind, level)
+            assert split_set_name(f"foo@v2@{tag}") == ("foo@v2", tag)
+            assert parse_degradation_tag(tag) == (kind, float(level))
+    metrics = {f"test/{n}/pixel_f1": v for n, v in (("foo", 0.5), ("foo@v2", 0.3), ("foo@v2@jpeg70", 0.1))}
+    rows = collect_rows(metrics)
+    assert [(r["dataset"], r["degradation"]) for r in rows] == [
+        ("foo", "none"), ("foo@v2", "none"), ("mean", "none"), ("foo@v2", "jpeg70"), ("mean", "jpeg70")]
+    assert "| foo@v2 | 0.3000 | 0.1000 |" in robustness_tables(rows)
 
 
 def test_git_commit(tmp_path: Path) -> None:
