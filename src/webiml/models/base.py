@@ -19,10 +19,12 @@ Models capture their constructor arguments (plain JSON values only) through
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
@@ -47,7 +49,7 @@ per-pixel map of edited regions and an image-level manipulation score.
 ```python
 import webiml
 model = webiml.from_pretrained("{{ load_name | default("path/to/this/folder", true) }}")
-out = model.predict(images_uint8)          # (B, 3, H, W) uint8
+out = model.predict(image)                 # numpy (H, W, 3) uint8, or a (B, 3, H, W) tensor
 heatmap = out.mask_logits.sigmoid()        # (B, 1, H, W), 1 = manipulated
 score = out.image_probs()                  # (B,)
 ```
@@ -200,14 +202,56 @@ class IMLModel(
         return load_safetensors_into(model, weights, map_location=map_location, strict=strict)
 
     @torch.inference_mode()
-    def predict(self, images: Tensor) -> IMLOutput:
-        """Inference on raw images (``uint8`` or 0..1 float): normalises, runs in eval mode, returns logits."""
+    def predict(self, images: Tensor | np.ndarray | Sequence[np.ndarray | Tensor]) -> IMLOutput:
+        """Inference on raw images: normalises, runs in eval mode (then restores the mode), returns logits.
+
+        ``images`` (``uint8`` 0..255 or float 0..1) may be
+
+        - a tensor ``(3, H, W)`` or ``(B, 3, H, W)`` (channels first, as in PyTorch);
+        - a numpy array ``(H, W, 3)`` or ``(B, H, W, 3)`` (channels last, as read by PIL, imageio,
+          :func:`webiml.io.read_image` or OpenCV after BGR -> RGB), or ``(H, W)`` grey;
+        - a list of such images of one size (stacked into a batch).
+
+        The output is at the input resolution. Images of different sizes, or large ones, go through
+        :class:`webiml.inference.Localizer`, which batches by size and tiles.
+        """
+        batch = as_image_batch(images)
         was_training = self.training
         self.eval()
         try:
-            return self(self.normalize(images.to(self.input_mean.device)))
+            return self(self.normalize(batch.to(self.input_mean.device)))
         finally:
             self.train(was_training)
+
+
+def as_image_batch(images: Tensor | np.ndarray | Sequence[np.ndarray | Tensor]) -> Tensor:
+    """A channels-first ``(B, 3, H, W)`` tensor (dtype kept) from the inputs :meth:`IMLModel.predict` accepts."""
+    if isinstance(images, list | tuple):
+        if not images:
+            raise ValueError("predict: empty list of images")
+        parts = [as_image_batch(im) for im in images]
+        sizes = {tuple(p.shape[-2:]) for p in parts}
+        if len(sizes) > 1:
+            raise ValueError(f"predict: images of different sizes {sorted(sizes)}; predict them one by one or use "
+                             "webiml.inference.Localizer(model).localize_many(images)")
+        return torch.cat(parts)
+    if isinstance(images, np.ndarray):
+        arr = images
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim not in (3, 4) or arr.shape[-1] != 3:
+            raise ValueError(f"predict: a numpy image must be (H, W, 3), (B, H, W, 3) or (H, W) (channels last), "
+                             f"got shape {images.shape}")
+        if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"predict: a numpy image must be uint8 (0..255) or float (0..1), got {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        return t.permute(2, 0, 1)[None] if t.ndim == 3 else t.permute(0, 3, 1, 2)
+    if isinstance(images, Tensor):
+        if images.ndim not in (3, 4) or images.shape[-3] != 3:
+            raise ValueError(f"predict: a tensor must be (3, H, W) or (B, 3, H, W) (channels first), got shape "
+                             f"{tuple(images.shape)}; numpy arrays are channels last")
+        return images if images.ndim == 4 else images[None]
+    raise TypeError(f"predict: expected a tensor, a numpy array or a list of them, got {type(images).__name__}")
 
 
 def _crop_fraction(t: Tensor, fh: float, fw: float) -> Tensor:
