@@ -32,7 +32,8 @@ def main() -> None:
         area = result.binary_mask(args.threshold).mean()
         verdict = "manipulated" if result.image_score >= args.threshold else "authentic"
         print(f"{path}: {verdict} (score {result.image_score:.3f}), {100 * area:.1f}% of pixels flagged")
-        # The raw model is a plain nn.Module too: model.predict(uint8 batch) -> IMLOutput(mask_logits, image_logits)
+        # The raw model is a plain nn.Module too: model.predict(image) (numpy H, W, 3 or a (B, 3, H, W) tensor)
+        # -> IMLOutput(mask_logits, image_logits) at the input size
 
 
 if __name__ == "__main__":

@@ -189,3 +189,132 @@ def test_hub_validation_checks_architectures() -> None:
              "weights": {"embedded": "x.safetensors"}, "sha256": "0" * 64}
     with pytest.raises(ValueError, match="unknown architecture"):
         validate_catalogue({"models": [entry]})
+
+
+def test_saved_files_have_normal_permissions(tmp_path: Path, tiny_model: SmpIML) -> None:
+    """Every saved file is readable like any other (0644 under umask 022): model.safetensors used to be 0600."""
+    old = os.umask(0o022)
+    try:
+        tiny_model.save_pretrained(tmp_path / "m")
+        webiml.save_pretrained(tiny_model, tmp_path / "half", dtype="float16")
+    finally:
+        os.umask(old)
+    for folder in ("m", "half"):
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / folder).iterdir()}
+        assert modes == {"config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}, modes
+
+
+def test_float16_save_and_resave_overwrites_card(tmp_path: Path, tiny_model: SmpIML) -> None:
+    from safetensors import safe_open
+
+    out = tmp_path / "m"
+    tiny_model.save_pretrained(out, model_name="first")
+    tiny_model.save_pretrained(out, dtype="float16", model_name="second")
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+        assert f.metadata()["webiml_architecture"] == "SmpIML"
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+    card = (out / "README.md").read_text()
+    assert "# second" in card and "first" not in card  # a re-save writes a fresh card
+    loaded = from_pretrained(out)
+    assert next(loaded.parameters()).dtype == torch.float32
+
+
+def test_class_from_pretrained_means_webiml_from_pretrained(saved: Path, tmp_path: Path) -> None:
+    """`Cls.from_pretrained(x)` accepts what `webiml.from_pretrained` accepts (catalogue name, Hub id, folder,
+    file) and checks that the architecture is `Cls` or a subclass."""
+    from webiml.models import IMLModel, WebIML
+
+    embedded = SmpIML.from_pretrained("iml-unet-lite0-synthetic")  # a catalogue name, not a Hub repo
+    assert isinstance(embedded, SmpIML) and not embedded.training
+    assert isinstance(IMLModel.from_pretrained(saved / "model.safetensors"), SmpIML)  # a single file
+    assert isinstance(IMLModel.from_pretrained(saved), SmpIML)
+    with pytest.raises(CheckpointError, match="is a SmpIML, not a WebIML"):
+        WebIML.from_pretrained(saved)
+    with pytest.raises(CheckpointError, match="is a SmpIML, not a WebIML"):
+        WebIML.from_pretrained("iml-unet-lite0-synthetic")
+
+
+def test_config_may_only_name_registered_architectures(saved: Path, tmp_path: Path) -> None:
+    for arch in ("os.system", "web_iml_tiny", "IMLModel", "webiml.models.registry.create_model"):
+        folder = tmp_path / arch.replace(".", "_")
+        shutil.copytree(saved, folder)
+        (folder / "config.json").write_text(json.dumps({"architecture": arch}))
+        with pytest.raises(CheckpointError, match="unknown architecture"):
+            from_pretrained(folder)
+
+
+def test_model_card_from_catalogue_entry(tmp_path: Path) -> None:
+    """The card of a catalogue model states the weights' real licence (never apache-2.0 for non-commercial
+    weights), the training data, the metrics as model-index and the intended use."""
+    from huggingface_hub import ModelCard
+
+    entry = load_catalogue()["iml-unet-lite0-synthetic"]
+    model = from_pretrained(entry.name)
+    model.save_pretrained(tmp_path / "m", catalogue_entry=entry.name)
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "other" and data["license_name"] == "non-commercial-research"
+    assert data["library_name"] == "webiml" and "image-manipulation-localization" in data["tags"]
+    results = data["model-index"][0]["results"]
+    f1 = [m["value"] for r in results for m in r["metrics"] if m["type"] == "pixel_f1"]
+    assert [m["pixel_f1"] for m in entry.metrics] == f1
+    assert entry.training["data"][:60] in card.text and "## Intended use" in card.text
+    assert "Non-commercial research use only" in card.text
+    assert 'webiml.from_pretrained("iml-unet-lite0-synthetic")' in card.text
+    plain = webiml.hub.build_model_card(model).data.to_dict()  # no entry, no licence given: not claimed
+    assert plain["license"] == "other" and plain["license_name"] == "unspecified"
+
+
+def test_zoo_licence_column_is_the_weights_licence() -> None:
+    from webiml.catalogue import hub_license
+
+    entries = load_catalogue()
+    assert entries["iml-unet-lite0-synthetic"].license_short == "non-commercial-research"
+    assert entries["apsc-net-convnext-b-miml"].license_short == "cc-by-nc-4.0"
+    assert hub_license("Apache-2.0") == ("apache-2.0", None)
+    assert hub_license("Apache-2.0 code; weights for non-commercial use") == ("other", "non-commercial-research")
+
+
+def test_push_to_hub_uploads_the_saved_folder(monkeypatch: pytest.MonkeyPatch, tiny_model: SmpIML) -> None:
+    """push_to_hub is huggingface_hub's: it saves through webiml's hooks into a temporary folder and uploads it."""
+    import huggingface_hub.hub_mixin as hub_mixin
+
+    uploaded: dict[str, object] = {}
+
+    class FakeApi:
+        def __init__(self, token: object = None) -> None:
+            pass
+
+        def create_repo(self, repo_id: str, **kwargs: object) -> object:
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, *, repo_id: str, folder_path: Path, **kwargs: object) -> str:
+            folder = Path(folder_path)
+            uploaded.update(repo=repo_id, files=sorted(p.name for p in folder.iterdir()),
+                            card=(folder / "README.md").read_text())
+            return "commit-url"
+
+    monkeypatch.setattr(hub_mixin, "HfApi", FakeApi)
+    assert tiny_model.push_to_hub("me/tiny", model_card_kwargs={"model_name": "pushed tiny"}) == "commit-url"
+    assert uploaded["repo"] == "me/tiny"
+    assert uploaded["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert "# pushed tiny" in str(uploaded["card"])
+
+
+def test_registry_names_and_pretrained_filter() -> None:
+    from webiml.models import WebIML
+
+    assert {"SmpIML", "WebIML", "APSCNet", "web_iml_tiny", "apsc_net_base", "iml-unet-lite0-synthetic"} <= set(webiml.list_models())
+    loadable = webiml.list_models(pretrained=True)
+    assert loadable == sorted(n for n, e in load_catalogue().items() if e.loadable) and "iml-unet-lite0-synthetic" in loadable
+    assert webiml.list_models("web_iml_*") == ["web_iml_base", "web_iml_small", "web_iml_tiny"]
+    assert isinstance(webiml.create_model("web_iml_tiny", channels=16), WebIML)
+    m = webiml.create_model("SmpIML", arch="FPN", encoder="tu-tf_efficientnet_lite0")
+    assert isinstance(m, SmpIML) and m.config["arch"] == "FPN"
+    c = webiml.create_model("iml-unet-lite0-synthetic")  # catalogue name: its architecture + config, random weights
+    assert isinstance(c, SmpIML) and c.config["arch"] == "Unet"
+    with pytest.raises(KeyError, match="no pretrained weights"):
+        webiml.create_model("web_iml_tiny", pretrained=True)
+    with pytest.raises(ValueError, match="already registered"):
+        webiml.models.register_model(type("SmpIML", (), {}))

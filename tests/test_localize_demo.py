@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from webiml.cli import main
+from webiml.hub import from_pretrained
 from webiml.inference import Localizer
 from webiml.models import IMLModel, IMLOutput, SmpIML
 
@@ -111,3 +112,28 @@ def test_small_images_of_one_size_are_batched() -> None:
     for img, r in zip(imgs, results, strict=True):
         assert r.mask_probs.shape == img.shape[:2]
         assert np.allclose(r.mask_probs, loc.localize(img).mask_probs, atol=1e-6)
+
+
+def test_localize_output_names_are_unique(tmp_path: Path) -> None:
+    """x/a.jpg, y/a.jpg and z/a_1.jpg must give three result sets: a de-duplicated name never collides
+    with another input's own stem (it used to write two `a_1` sets, the second overwriting the first)."""
+    _Pointwise().save_pretrained(tmp_path / "pointwise")
+    rng = np.random.default_rng(4)
+    inputs = []
+    for folder, stem in (("x", "a"), ("y", "a"), ("z", "a_1"), ("w", "A")):
+        (tmp_path / folder).mkdir()
+        inputs.append(tmp_path / folder / f"{stem}.png")
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(inputs[-1])
+    out = tmp_path / "out"
+    assert main(["localize", *map(str, inputs), "-m", str(tmp_path / "pointwise"), "-o", str(out), "--workers", "0"]) == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    names = [r["name"] for r in rows]
+    assert len({n.casefold() for n in names}) == 4  # unique even on a case-insensitive file system
+    assert [r["path"] for r in rows] == [str(p) for p in inputs]
+    assert len(list(out.glob("*_prob.png"))) == 4
+    model = from_pretrained(tmp_path / "pointwise")
+    for row in rows:  # each result set is its own image's
+        prob = np.asarray(Image.open(out / f"{row['name']}_prob.png"))
+        again = Localizer(model, device="cpu").localize(np.asarray(Image.open(row["path"])))
+        assert np.abs(prob.astype(int) - np.round(again.mask_probs * 255).astype(int)).max() <= 1
+

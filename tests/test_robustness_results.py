@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 import yaml
 
 from webiml.cli import main
-from webiml.data.datamodule import DEFAULT_LEVELS, IMLDataModule, degradation_tag
+from webiml.data.datamodule import DEFAULT_LEVELS, IMLDataModule, degradation_tag, parse_degradation_tag
 from webiml.results import collect_rows, git_commit, markdown_table, robustness_tables, split_set_name
 
 
@@ -76,6 +77,22 @@ def test_rows_tables_and_names() -> None:
     assert robustness_tables([r for r in rows if r["degradation"] == "none"]) == ""
 
 
+def test_only_real_degradation_tags_are_parsed() -> None:
+    """A set named like ``foo@v2`` (a version, a subset) is a set of its own, not a degradation level."""
+    for name in ("foo@v2", "foo@jpeg", "foo@jpeg070", "foo@blur-1", "foo@x1.5", "@jpeg70", "foo@jpeg70x"):
+        assert split_set_name(name) == (name, "none"), name
+    for kind, levels in DEFAULT_LEVELS.items():
+        for level in levels:
+            tag = degradation_tag(kind, level)
+            assert split_set_name(f"foo@v2@{tag}") == ("foo@v2", tag)
+            assert parse_degradation_tag(tag) == (kind, float(level))
+    metrics = {f"test/{n}/pixel_f1": v for n, v in (("foo", 0.5), ("foo@v2", 0.3), ("foo@v2@jpeg70", 0.1))}
+    rows = collect_rows(metrics)
+    assert [(r["dataset"], r["degradation"]) for r in rows] == [
+        ("foo", "none"), ("foo@v2", "none"), ("mean", "none"), ("foo@v2", "jpeg70"), ("mean", "jpeg70")]
+    assert "| foo@v2 | 0.3000 | 0.1000 |" in robustness_tables(rows)
+
+
 def test_git_commit(tmp_path: Path) -> None:
     assert git_commit(tmp_path) == "unknown"
     commit = git_commit()
@@ -117,3 +134,52 @@ def test_webiml_test_writes_results_per_level(tmp_path: Path, tiny_dataset: Path
     md = (tmp_path / "results" / "results.md").read_text()
     assert "**eval policy**: `native`" in md and "**test degradation**: `jpeg 50, 90`" in md and "## Robustness" in md
     assert "| dataset | clean | jpeg90 | jpeg50 |" in md
+
+
+def _strict_json(path: Path) -> dict:
+    """Parse as standard JSON: NaN / Infinity are not JSON, a strict reader rejects them."""
+    import json
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"{path.name}: {token} is not valid JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _metrics_writers(tmp_path: Path):
+    """MetricsSummary (val_metrics.json) and IMLTask.on_test_epoch_end (test_metrics.json) with a stand-in trainer."""
+    from types import SimpleNamespace
+
+    from webiml.callbacks import MetricsSummary
+    from webiml.models import SmpIML
+    from webiml.tasks.iml import IMLTask
+
+    nan = float("nan")
+    trainer = SimpleNamespace(log_dir=str(tmp_path), is_global_zero=True, current_epoch=0, global_step=1,
+                              callback_metrics={"val/pixel_f1": torch.tensor(0.5), "val/image_auc": torch.tensor(nan)})
+    task = IMLTask(net=SmpIML(arch="FPN"))
+    task.trainer = trainer
+    task._eval_epoch_end = lambda stage: {"test/a/pixel_f1": 0.25, "test/a/image_auc": nan}  # type: ignore[method-assign]
+    return [("val_metrics.json", lambda: MetricsSummary().on_fit_end(trainer, task), {"val/pixel_f1": 0.5, "val/image_auc": None}),
+            ("test_metrics.json", task.on_test_epoch_end, {"test/a/pixel_f1": 0.25, "test/a/image_auc": None})]
+
+
+def test_metrics_json_is_valid_and_replaced_atomically(tmp_path: Path) -> None:
+    """val_metrics.json / test_metrics.json: NaN (an undefined metric) is written as null, and the file is
+    replaced by a rename, never rewritten in place (a reader of the old file, here a hard link to it, keeps
+    a complete old file; a crash mid-write cannot leave half a file)."""
+    for name, write, expected in _metrics_writers(tmp_path):
+        path = tmp_path / name
+        path.write_text('{"old": 1}')
+        os.link(path, tmp_path / f"{name}.reader")
+        write()
+        assert _strict_json(path) == expected
+        assert _strict_json(tmp_path / f"{name}.reader") == {"old": 1}
+        assert (path.stat().st_mode & 0o777) == (0o666 & ~_umask())
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

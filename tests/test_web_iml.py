@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from webiml.models import create_model, list_models
 from webiml.models.encoders import pypi_imagenet_state_dict
 from webiml.models.web_iml import (
     MODEL_CARD_NOTES,
-    WEB_IML_CONFIGS,
     WEB_IML_PRESETS,
     WebIML,
     web_iml,
@@ -62,7 +62,8 @@ def test_rounds_share_weights_and_refine() -> None:
 
 
 def test_named_configs_and_overrides() -> None:
-    assert set(WEB_IML_CONFIGS) == {"web_iml_tiny", "web_iml_small", "web_iml_base"}
+    assert set(list_models("web_iml_*")) == {"web_iml_tiny", "web_iml_small", "web_iml_base"}  # the registry
+    assert create_model("web_iml_tiny", channels=16).config == web_iml_tiny(channels=16).config
     tiny = web_iml_tiny(channels=16)
     assert tiny.config_resolved["encoder"] == "tf_efficientnet_lite0" and tiny.config_resolved["channels"] == 16
     # EfficientNet-Lite was trained on [-1, 1] inputs; normalisation follows the encoder's timm config.

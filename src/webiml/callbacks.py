@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from webiml.io import atomic_write_json
+
 
 class MetricsSummary(L.Callback):
     """At the end of ``fit``, print the last validation metrics as a table and save them as JSON
-    (``<log_dir>/val_metrics.json``), so a training run ends with its numbers in plain sight."""
+    (``<log_dir>/val_metrics.json``, written atomically, undefined metrics as ``null``), so a training run ends with its numbers in plain sight."""
 
     def __init__(self, prefix: str = "val/") -> None:
         self.prefix = prefix
@@ -27,6 +28,4 @@ class MetricsSummary(L.Callback):
         lines += [f"  {k:<{width}}  {'nan' if math.isnan(v) else f'{v:.4f}'}" for k, v in sorted(metrics.items())]
         rank_zero_info("\n".join(lines))
         if log_dir:
-            path = Path(log_dir) / "val_metrics.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            atomic_write_json(Path(log_dir) / "val_metrics.json", metrics, sort_keys=True)  # NaN -> null

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,9 +17,28 @@ from typing import Any
 
 import yaml
 
-__all__ = ["STATUSES", "CatalogueEntry", "catalogue_path", "list_models", "load_catalogue", "validate_catalogue"]
+__all__ = ["STATUSES", "CatalogueEntry", "catalogue_path", "hub_license", "list_models", "load_catalogue", "validate_catalogue"]
 
 STATUSES = ("available", "converted", "needs-conversion", "unreleased-upstream")
+
+
+HUB_LICENSES = ("apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "cc-by-nc-sa-4.0",
+                "cc-by-nc-nd-4.0", "openrail", "gpl-3.0", "agpl-3.0")
+"""Hugging Face licence ids webiml recognises at the start of a catalogue ``license`` text."""
+
+
+def hub_license(text: str) -> tuple[str, str | None]:
+    """The Hub metadata (``license``, ``license_name``) for a catalogue licence text, which describes the
+    *weights* first: a known id at its start (``"CC-BY-NC-4.0 (upstream weights)"`` -> ``cc-by-nc-4.0``);
+    any mention of non-commercial use without an NC id -> ``other`` / ``non-commercial-research`` (never a
+    permissive id for restricted weights); otherwise ``other`` / ``unknown`` or ``unspecified``."""
+    first = text.strip().split(" ")[0].strip(",;:()").lower() if text.strip() else ""
+    restricted = re.search(r"non-?commercial|\bnc\b", text, re.IGNORECASE) is not None
+    if first in HUB_LICENSES and (not restricted or "-nc" in first):
+        return first, None
+    if restricted:
+        return "other", "non-commercial-research"
+    return "other", "unknown" if "unknown" in text.lower() else "unspecified"
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,12 @@ class CatalogueEntry:
     license: str = ""
     paper: str | None = None
     notes: str = ""
+
+    @property
+    def license_short(self) -> str:
+        """The weights' licence in a word (``webiml zoo list``): the Hub id, or its name when ``other``."""
+        license_id, name = hub_license(self.license)
+        return name if license_id == "other" and name else license_id
 
     @property
     def loadable(self) -> bool:

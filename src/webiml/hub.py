@@ -10,6 +10,11 @@
 - a single ``.safetensors`` file written by webiml (its config travels in the file's metadata, or in a
   ``config.json`` beside it).
 
+``SomeModel.from_pretrained(x)`` is the same function with a class check. Saving and pushing are
+:class:`huggingface_hub.PyTorchModelHubMixin`'s ``save_pretrained`` / ``push_to_hub`` on
+:class:`~webiml.models.base.IMLModel`, whose hooks here write the files atomically
+(:func:`write_pretrained`) with a model card built from the catalogue (:func:`build_model_card`).
+
 Weights are only ever read with safetensors: pickled checkpoints (``.pth``, ``.ckpt``, ``.bin``) are
 refused with a pointer to ``webiml export`` / ``webiml convert``. Loading is strict by default.
 """
@@ -20,21 +25,22 @@ import fnmatch
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
-from webiml.catalogue import STATUSES, CatalogueEntry, catalogue_path, list_models, load_catalogue
+from webiml.catalogue import STATUSES, CatalogueEntry, catalogue_path, hub_license, load_catalogue
 from webiml.catalogue import validate_catalogue as _validate_catalogue
-from webiml.io import _default_mode, atomic_write_text
-from webiml.models.base import MODEL_CLASSES, IMLModel
+from webiml.io import atomic_write_bytes, atomic_write_text
+from webiml.models import registry
+from webiml.models.base import IMLModel
+from webiml.models.registry import create_model, list_models
 
 __all__ = [
     "STATUSES",
@@ -45,7 +51,7 @@ __all__ = [
     "from_pretrained",
     "list_models",
     "load_catalogue",
-    "push_to_hub",
+    "build_model_card",
     "save_pretrained",
     "sha256_of",
     "validate_catalogue",
@@ -63,7 +69,8 @@ class CheckpointError(ValueError):
 def validate_catalogue(data: Any, where: str = "checkpoints.yaml") -> list[CatalogueEntry]:
     """:func:`webiml.catalogue.validate_catalogue` that also checks every loadable entry's architecture is
     a registered :class:`IMLModel` class (imports the models)."""
-    return _validate_catalogue(data, where, architectures=MODEL_CLASSES)
+    registry._ensure_builtin()
+    return _validate_catalogue(data, where, architectures=[n for n in registry.list_models() if registry.is_architecture(n)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,19 +84,19 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _model_class(name: str, where: str) -> type[IMLModel]:
-    # Importing the model package registers every built-in architecture.
-    import webiml.models  # noqa: F401
+def build_model(architecture: str, config: dict[str, Any], where: str = "<config>",
+                model_class: type[IMLModel] = IMLModel) -> IMLModel:
+    """Instantiate a registered architecture from its saved constructor config (no pretrained downloads).
 
-    cls = MODEL_CLASSES.get(name.rsplit(".", 1)[-1])
-    if cls is None:
-        raise CheckpointError(f"{where}: unknown architecture {name!r}; known: {sorted(MODEL_CLASSES)}")
-    return cls
-
-
-def build_model(architecture: str, config: dict[str, Any], where: str = "<config>") -> IMLModel:
-    """Instantiate a registered architecture from its saved constructor config (no pretrained downloads)."""
-    cls = _model_class(architecture, where)
+    Only classes of :mod:`webiml.models.registry` may be named, and the class must be ``model_class`` or
+    a subclass of it."""
+    try:
+        cls = registry.model_class(architecture)
+    except KeyError as err:
+        raise CheckpointError(f"{where}: {err.args[0]}") from None
+    if not issubclass(cls, model_class):
+        raise CheckpointError(f"{where}: the model is a {cls.__name__}, not a {model_class.__name__} (or a subclass); "
+                              f"load it with webiml.from_pretrained or {cls.__name__}.from_pretrained")
     cfg = {**config, **{k: v for k, v in cls.pretrained_init_overrides.items() if k in config}}
     try:
         return cls(**cfg)
@@ -175,14 +182,14 @@ def _config_from_safetensors(path: Path) -> tuple[str, dict[str, Any]] | None:
     return meta["webiml_architecture"], json.loads(meta.get("webiml_config", "{}"))
 
 
-def _load_local_file(path: Path, map_location: Any, strict: bool) -> IMLModel:
+def _load_local_file(path: Path, map_location: Any, strict: bool, model_class: type[IMLModel]) -> IMLModel:
     _refuse_pickle(path)
     found = _config_from_safetensors(path)
     if found is None and (path.parent / CONFIG_NAME).is_file():
         found = _read_config(path.parent / CONFIG_NAME)
     if found is None:
         raise CheckpointError(f"{path}: no webiml config in the file's metadata and no config.json beside it")
-    model = build_model(*found, where=str(path))
+    model = build_model(*found, where=str(path), model_class=model_class)
     return load_safetensors_into(model, path, map_location=map_location, strict=strict)
 
 
@@ -192,29 +199,35 @@ def _embedded_path(relative: str) -> Path:
 
 def from_pretrained(name_or_path: str | os.PathLike[str], *, revision: str | None = None,
                     map_location: str | torch.device = "cpu", strict: bool = True,
-                    catalogue: str | os.PathLike[str] | None = None) -> IMLModel:
+                    catalogue: str | os.PathLike[str] | None = None, model_class: type[IMLModel] = IMLModel,
+                    **hub_kwargs: Any) -> IMLModel:
     """Load a pretrained IML model (catalogue name, Hub repo id, local folder or ``.safetensors`` file).
 
-    The model is returned in eval mode on ``map_location``.
+    The model is returned in eval mode on ``map_location``. ``model_class``: the loaded architecture must
+    be this class or a subclass (``SmpIML.from_pretrained(x)`` passes ``SmpIML``). ``hub_kwargs``
+    (``cache_dir``, ``force_download``, ``local_files_only``, ``token``) go to ``hf_hub_download``.
     """
+    unknown = set(hub_kwargs) - {"cache_dir", "force_download", "local_files_only", "token"}
+    if unknown:
+        raise TypeError(f"from_pretrained got unexpected keyword arguments {sorted(unknown)}")
     target = str(name_or_path)
     path = Path(target).expanduser()
     if path.exists():
         if path.is_dir():
             if not (path / CONFIG_NAME).is_file():
                 raise CheckpointError(f"{path}: a pretrained folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-            model = build_model(*_read_config(path / CONFIG_NAME), where=str(path / CONFIG_NAME))
+            model = build_model(*_read_config(path / CONFIG_NAME), where=str(path / CONFIG_NAME), model_class=model_class)
             return load_safetensors_into(model, resolve_file(str(path), WEIGHTS_NAME), map_location=map_location, strict=strict)
-        return _load_local_file(path, map_location, strict)
+        return _load_local_file(path, map_location, strict, model_class)
     _refuse_pickle(path)
 
     entries = load_catalogue(catalogue)
     if target in entries:
-        return _load_catalogue_entry(entries[target], revision, map_location, strict)
+        return _load_catalogue_entry(entries[target], revision, map_location, strict, model_class, hub_kwargs)
     if target.count("/") == 1 and not target.startswith((".", "/")):
-        folder = Path(resolve_file(target, CONFIG_NAME, revision=revision)).parent
-        model = build_model(*_read_config(folder / CONFIG_NAME), where=f"{target}/{CONFIG_NAME}")
-        weights = resolve_file(target, WEIGHTS_NAME, revision=revision)
+        folder = Path(resolve_file(target, CONFIG_NAME, revision=revision, **hub_kwargs)).parent
+        model = build_model(*_read_config(folder / CONFIG_NAME), where=f"{target}/{CONFIG_NAME}", model_class=model_class)
+        weights = resolve_file(target, WEIGHTS_NAME, revision=revision, **hub_kwargs)
         return load_safetensors_into(model, weights, map_location=map_location, strict=strict)
     close = fnmatch.filter(entries, f"*{target}*")[:5]
     raise CheckpointError(
@@ -223,105 +236,170 @@ def from_pretrained(name_or_path: str | os.PathLike[str], *, revision: str | Non
     )
 
 
-def _load_catalogue_entry(entry: CatalogueEntry, revision: str | None, map_location: Any, strict: bool) -> IMLModel:
+def _load_catalogue_entry(entry: CatalogueEntry, revision: str | None, map_location: Any, strict: bool,
+                          model_class: type[IMLModel], hub_kwargs: dict[str, Any]) -> IMLModel:
     if not entry.loadable:
         how = entry.weights.get("url") or entry.weights.get("upstream") or "no public weights"
         raise CheckpointError(f"{entry.name}: status '{entry.status}', not loadable ({how}). {entry.notes}".strip())
+    where = f"checkpoints.yaml:{entry.name}"
+    model = build_model(entry.architecture, entry.config, where=where, model_class=model_class)
     if entry.weights.get("embedded"):
         weights = _embedded_path(entry.weights["embedded"])
     else:
         hub = entry.weights["hub"]
-        weights = resolve_file(hub["repo_id"], hub.get("filename", WEIGHTS_NAME), revision=revision or hub["revision"])
+        weights = resolve_file(hub["repo_id"], hub.get("filename", WEIGHTS_NAME), revision=revision or hub["revision"], **hub_kwargs)
     if entry.sha256:
         actual = sha256_of(weights)
         if actual != entry.sha256:
             raise CheckpointError(f"{weights}: sha256 mismatch for {entry.name}: expected {entry.sha256}, got {actual}; "
                                   "the file is corrupt or was replaced")
-    model = build_model(entry.architecture, entry.config, where=f"checkpoints.yaml:{entry.name}")
     return load_safetensors_into(model, weights, map_location=map_location, strict=strict)
 
 
-def create_model(name: str, *, pretrained: bool = False, **overrides: Any) -> IMLModel:
-    """Build a catalogue model by name; with ``pretrained=True`` its weights are loaded (see :func:`from_pretrained`)."""
-    if pretrained:
-        if overrides:
-            raise ValueError("constructor overrides cannot be combined with pretrained=True")
-        return from_pretrained(name)
-    entries = load_catalogue()
-    if name not in entries:
-        close = fnmatch.filter(entries, f"*{name}*")[:5]
-        raise KeyError(f"unknown model {name!r}" + (f"; did you mean {close}?" if close else "; see webiml.list_models()"))
-    entry = entries[name]
-    return build_model(entry.architecture, {**entry.config, **overrides}, where=f"checkpoints.yaml:{name}")
-
-
 # ---------------------------------------------------------------------------------------------
-# Saving
+# Saving (IMLModel.save_pretrained / push_to_hub are huggingface_hub's, with these two hooks)
 # ---------------------------------------------------------------------------------------------
-def _card_kwargs(model: IMLModel, extra: dict[str, Any]) -> dict[str, Any]:
-    mean = [round(float(v), 4) for v in model.input_mean.flatten()]
-    std = [round(float(v), 4) for v in model.input_std.flatten()]
-    n = sum(p.numel() for p in model.parameters())
-    # A model module may document its provenance (paper / upstream code / own choices) for the card.
-    notes = getattr(sys.modules.get(type(model).__module__), "MODEL_CARD_NOTES", "")
-    return {"architecture": type(model).__name__, "num_params": f"{n / 1e6:.1f}M", "mean": mean, "std": std,
-            "notes": notes, **extra}
+CARD_KEYS = frozenset({"catalogue_entry", "model_name", "training_data", "metrics", "license", "limitations", "notes",
+                       "load_name", "intended_use"})
+"""Keywords of ``save_pretrained`` that fill the model card."""
+
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+An image manipulation localization (IML) model from [webiml]({{ repo_url }}): given a photo it predicts a
+per-pixel map of edited regions and an image-level manipulation score.
+{% if description %}
+{{ description }}
+{% endif %}
+- Architecture: `{{ architecture }}` ({{ num_params }} parameters), config `{{ config }}`
+- Input: RGB, normalised with mean {{ mean }} and std {{ std }} (applied by `model.normalize`)
+
+## Usage
+```python
+import webiml
+model = webiml.from_pretrained("{{ load_name }}")
+out = model.predict(image)                 # numpy (H, W, 3) uint8, or a (B, 3, H, W) tensor
+heatmap = out.mask_logits.sigmoid()        # (B, 1, H, W), 1 = manipulated
+score = out.image_probs()                  # (B,)
+```
+
+## Licence
+{{ license_text }}
+
+## Training data
+{{ training_data }}
+
+## Metrics
+{{ metrics }}
+
+## Intended use
+{{ intended_use }}
+
+## Limitations
+{{ limitations }}
+{% if paper %}
+## Reference
+{{ paper }}
+{% endif %}
+{{ notes }}
+"""
+
+INTENDED_USE = ("Research on image forensics: localizing spliced, copy-moved, removed or retouched regions in photos, "
+                "as a tool for human analysts. Scores are evidence, not proof: never use a single model's output alone "
+                "to accuse anyone of manipulating an image.")
+LIMITATIONS = ("Detectors trained on one kind of manipulation generalise poorly to others; heavy re-compression, "
+               "resizing and screenshots destroy many traces; generative edits may go unnoticed.")
+METRIC_NAMES = {"pixel_f1": "pixel F1", "pixel_iou": "pixel IoU", "pixel_f1_best": "pixel F1 (best threshold)",
+                "pixel_iou_best": "pixel IoU (best threshold)", "pixel_auc": "pixel AUC", "image_auc": "image AUC",
+                "image_balanced_acc": "image balanced accuracy"}
 
 
-def save_pretrained(model: IMLModel, save_directory: str | os.PathLike[str], *, push_to_hub: bool = False,
-                    repo_id: str | None = None, dtype: torch.dtype | str | None = None, **kwargs: Any) -> Any:
-    """Write ``config.json`` + ``model.safetensors`` + ``README.md`` (model card) atomically into a folder.
+def _metric_rows(metrics: Any) -> tuple[str, list[Any]]:
+    """Markdown and ``EvalResult`` s (model-index) from catalogue metrics rows (``dataset``, values, ``command``)."""
+    from huggingface_hub import EvalResult
 
-    ``kwargs`` fill the model card (``model_name``, ``training_data``, ``metrics``, ``limitations``,
-    ``notes``); with ``push_to_hub=True`` the folder is then uploaded to ``repo_id``. ``dtype`` (e.g.
-    ``"float16"``) stores floating-point tensors in that precision to halve the file; loading casts them
-    back to the model's dtype.
+    if not metrics:
+        return "Not measured yet.", []
+    if isinstance(metrics, str):
+        return metrics, []
+    lines, results = [], []
+    for row in metrics:
+        values = {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        lines.append(f"- {row.get('dataset', '?')}: " + ", ".join(f"{METRIC_NAMES.get(k, k)} {v:.3f}" for k, v in values.items())
+                     + (f" (`{row['command']}`)" if row.get("command") else ""))
+        results += [EvalResult(task_type="image-segmentation", task_name="Image manipulation localization",
+                               dataset_type="custom", dataset_name=str(row.get("dataset", "unnamed")), metric_type=k,
+                               metric_name=METRIC_NAMES.get(k, k), metric_value=float(v)) for k, v in values.items()]
+    return "\n".join(lines), results
+
+
+def build_model_card(model: IMLModel, **kwargs: Any) -> Any:
+    """A :class:`huggingface_hub.ModelCard` for ``model`` (``ModelCardData`` metadata + the card text).
+
+    ``catalogue_entry`` (a :class:`CatalogueEntry` or a catalogue name) fills everything from the zoo
+    catalogue: licence of the *weights*, training data, metrics (as ``model-index``), name, paper. Single
+    keywords (:data:`CARD_KEYS`) override it. Without a licence the card says ``other`` / unspecified: a
+    model's licence follows its training data, which only its author knows.
     """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    unknown = set(kwargs) - CARD_KEYS
+    if unknown:
+        raise TypeError(f"unknown model card keywords {sorted(unknown)}; known: {sorted(CARD_KEYS)}")
+    entry = kwargs.get("catalogue_entry")
+    if isinstance(entry, str):
+        entry = load_catalogue()[entry]
+    info: dict[str, Any] = {}
+    if entry is not None:
+        training = "; ".join(f"{k}: {v}" for k, v in entry.training.items() if k != "command")
+        info = {"model_name": entry.name, "load_name": entry.name, "license": entry.license, "training_data": training,
+                "metrics": entry.metrics, "notes": entry.notes, "description": entry.description, "paper": entry.paper}
+    info.update({k: v for k, v in kwargs.items() if v is not None and k != "catalogue_entry"})
+    license_text = info.get("license") or "Not specified by the model's author (check the training data's terms)."
+    license_id, license_name = hub_license(info.get("license") or "")
+    metrics_text, eval_results = _metric_rows(info.get("metrics"))
+    name = info.get("model_name") or f"webiml {type(model).__name__}"
+    mixin = model._hub_mixin_info.model_card_data
+    data = ModelCardData(
+        library_name=mixin.library_name, pipeline_tag=mixin.pipeline_tag, tags=list(mixin.tags or []),
+        license=license_id, license_name=license_name, model_name=name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    notes = getattr(sys.modules.get(type(model).__module__), "MODEL_CARD_NOTES", "")
+    return ModelCard.from_template(
+        data, template_str=MODEL_CARD_TEMPLATE, repo_url=model._hub_mixin_info.repo_url, model_name=name,
+        description=info.get("description", ""), architecture=type(model).__name__,
+        num_params=f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M",
+        config=json.dumps(model.config, sort_keys=True),
+        mean=[round(float(v), 4) for v in model.input_mean.flatten()],
+        std=[round(float(v), 4) for v in model.input_std.flatten()],
+        load_name=info.get("load_name") or "path/to/this/folder", license_text=license_text,
+        training_data=info.get("training_data") or "Not recorded.", metrics=metrics_text,
+        intended_use=info.get("intended_use") or INTENDED_USE, limitations=info.get("limitations") or LIMITATIONS,
+        paper=info.get("paper") or "", notes="\n\n".join(n for n in (info.get("notes"), notes) if n),
+    )
+
+
+def write_pretrained(model: IMLModel, save_directory: str | os.PathLike[str], *, dtype: torch.dtype | str | None = None,
+                     card: dict[str, Any] | None = None) -> None:
+    """Write ``model.safetensors`` (config in its metadata), ``config.json`` and ``README.md``, each atomically
+    (temporary file + rename, usual permissions). The hook behind :meth:`IMLModel.save_pretrained`."""
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    card_keys = {"model_name", "training_data", "metrics", "limitations", "notes", "load_name"}
-    card = {k: kwargs.pop(k) for k in list(kwargs) if k in card_keys}
     out = Path(save_directory)
-    out.mkdir(parents=True, exist_ok=True)
     config = {"architecture": type(model).__name__, **model.config}
-    # Weights go to a temporary file first and are renamed into place: a crash never leaves half a file.
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".safetensors.tmp", dir=out)
-    os.close(fd)
-    os.chmod(tmp, _default_mode())
-    try:
-        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
-                 for k, v in model.state_dict().items()}
-        meta = {"webiml_architecture": config["architecture"], "webiml_config": json.dumps(model.config, sort_keys=True),
-                "format": "pt"}
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, out / WEIGHTS_NAME)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+             for k, v in model.state_dict().items()}
+    meta = {"webiml_architecture": config["architecture"], "webiml_config": json.dumps(model.config, sort_keys=True),
+            "format": "pt"}
+    atomic_write_bytes(out / WEIGHTS_NAME, safetensors_bytes(state, metadata=meta))
     atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    card_text = str(model.generate_model_card(**_card_kwargs(model, card)))
-    atomic_write_text(out / "README.md", card_text)
-    if push_to_hub:
-        return push_folder_to_hub(out, repo_id or out.name, **kwargs)
-    return None
+    atomic_write_text(out / "README.md", str(build_model_card(model, **(card or {}))))
 
 
-def push_folder_to_hub(folder: str | os.PathLike[str], repo_id: str, *, private: bool | None = None, token: Any = None,
-                       commit_message: str = "Upload webiml model", revision: str | None = None) -> Any:
-    """Create ``repo_id`` if needed and upload a folder written by :func:`save_pretrained`."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, revision=revision)
-
-
-def push_to_hub(model: IMLModel, repo_id: str, **kwargs: Any) -> Any:
-    """Save ``model`` to a temporary folder and upload it to the Hub repo ``repo_id``."""
-    hub_keys = {"private", "token", "commit_message", "revision"}
-    hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in hub_keys}
-    tmp = Path(tempfile.mkdtemp(prefix="webiml-push-"))
-    try:
-        save_pretrained(model, tmp, **kwargs)
-        return push_folder_to_hub(tmp, repo_id, **hub_kwargs)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def save_pretrained(model: IMLModel, save_directory: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """``model.save_pretrained(save_directory, **kwargs)``: see :meth:`IMLModel.save_pretrained`."""
+    return model.save_pretrained(save_directory, **kwargs)

@@ -7,9 +7,12 @@ destination folder and an atomic rename.
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -85,6 +88,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf: a metric undefined on a set) replaced by ``None``,
+    in nested dicts, lists and tuples, so that it serialises as valid JSON (``null``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike[str], value: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
+    """Write ``value`` as valid JSON (NaN and inf become ``null``) through :func:`atomic_write_text`."""
+    text = json.dumps(json_safe(value), indent=indent, sort_keys=sort_keys, allow_nan=False, ensure_ascii=False)
+    atomic_write_text(path, text + "\n")
 
 
 def encode_image(array: np.ndarray, fmt: str = "PNG", **params: object) -> bytes:

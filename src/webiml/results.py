@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from typing import Any
 
 import lightning as L
 
+from webiml.data.datamodule import parse_degradation_tag
 from webiml.io import atomic_write_text
 
 METRICS: tuple[tuple[str, str], ...] = (
@@ -44,7 +44,6 @@ METRICS: tuple[tuple[str, str], ...] = (
 
 COUNTS = (("pixel_n_images", "images"), ("pixel_n_manipulated", "manipulated"))
 ROBUSTNESS_METRICS = ("pixel_f1", "pixel_auc", "image_auc")
-_VARIANT = re.compile(r"^(?P<set>.+)@(?P<kind>[a-z]+)(?P<level>-?[0-9.]+(?:e-?[0-9]+)?)$")
 
 
 def git_commit(path: str | Path | None = None) -> str:
@@ -63,18 +62,20 @@ def git_commit(path: str | Path | None = None) -> str:
 
 
 def split_set_name(name: str) -> tuple[str, str]:
-    """``"casia1@jpeg70"`` -> ``("casia1", "jpeg70")``; an undegraded set -> ``(name, "none")``."""
-    m = _VARIANT.match(name)
-    if m is None:
+    """``"casia1@jpeg70"`` -> ``("casia1", "jpeg70")``; an undegraded set -> ``(name, "none")``.
+
+    Only a suffix that is a real degradation tag (:func:`~webiml.data.datamodule.degradation_tag`) is one:
+    a set named ``foo@v2`` is the set ``foo@v2``, undegraded."""
+    base, sep, tag = name.rpartition("@")
+    if not sep or not base or parse_degradation_tag(tag) is None:
         return name, "none"
-    return m.group("set"), f"{m.group('kind')}{m.group('level')}"
+    return base, tag
 
 
 def _level_order(tag: str) -> tuple[int, str, float]:
     if tag == "none":
         return (0, "", 0.0)
-    m = re.match(r"^([a-z]+)(.+)$", tag)
-    kind, level = (m.group(1), float(m.group(2))) if m else (tag, 0.0)
+    kind, level = parse_degradation_tag(tag) or (tag, 0.0)
     # JPEG quality: high (mild) to low (strong); other kinds: the sweep's own order of strength.
     return (1, kind, -level if kind in ("jpeg", "resize") else level)
 

@@ -9,7 +9,6 @@ side by side with per-image scores, and the command prints the measured pixel F1
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from webiml.cli import register_verb
@@ -55,7 +54,7 @@ def demo(argv: list[str]) -> int:
     from webiml.data.synthetic import PhotoPool, synthesize
     from webiml.hub import from_pretrained
     from webiml.inference import Localizer
-    from webiml.io import atomic_write_text, save_image
+    from webiml.io import atomic_write_json, save_image
     from webiml.metrics import ImageMetrics, PixelMetrics, flatten_results
     from webiml.viz import ReportRow, colorize, overlay, write_report
 
@@ -95,8 +94,7 @@ def demo(argv: list[str]) -> int:
              f"(seed {args.seed}). Mean pixel F1 over manipulated images: <b>{summary['pixel_f1']:.3f}</b>, "
              f"pixel AUC {summary['pixel_auc']:.3f}, image AUC {summary['image_auc']:.3f}.")
     page = write_report(out / "index.html", "webiml demo", rows, intro)
-    atomic_write_text(out / "summary.json", json.dumps({"model": args.model, "seed": args.seed, "metrics": summary,
-                                                        "samples": records}, indent=2))
+    atomic_write_json(out / "summary.json", {"model": args.model, "seed": args.seed, "metrics": summary, "samples": records})
     print(f"pixel F1 {summary['pixel_f1']:.3f} | pixel IoU {summary['pixel_iou']:.3f} | pixel AUC {summary['pixel_auc']:.3f} "
           f"| image AUC {summary['image_auc']:.3f} on {args.num} sample images")
     print(f"wrote {page} (open it in a browser) and the images beside it")

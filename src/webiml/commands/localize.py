@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -48,13 +47,19 @@ def _identity(x: Any) -> Any:
 
 
 def _unique_names(paths: list[str]) -> list[str]:
+    """One output name per input: the file's stem, then ``<stem>_1``, ``<stem>_2``... skipping every name
+    already taken (compared case-insensitively, for case-insensitive file systems), so that no result set
+    overwrites another whatever the inputs (``x/a.jpg``, ``y/a.jpg``, ``z/a_1.jpg``)."""
     names: list[str] = []
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
     for p in paths:
-        stem = Path(p).stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        names.append(stem if n == 0 else f"{stem}_{n}")
+        stem = name = Path(p).stem
+        n = 0
+        while name.casefold() in taken:
+            n += 1
+            name = f"{stem}_{n}"
+        taken.add(name.casefold())
+        names.append(name)
     return names
 
 
@@ -82,7 +87,7 @@ def localize(argv: list[str]) -> int:
     from webiml.data.datasets import records_from_paths
     from webiml.hub import from_pretrained
     from webiml.inference import Localizer
-    from webiml.io import atomic_write_bytes, atomic_write_text, save_image
+    from webiml.io import atomic_write_bytes, atomic_write_json, save_image
     from webiml.viz import overlay
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -139,7 +144,7 @@ def localize(argv: list[str]) -> int:
     atomic_write_bytes(out / "scores.csv", buf.getvalue().encode())
     summary = {"model": args.model, "threshold": args.threshold, "images": rows,
                "failed": [{"path": p, "error": e} for p, e in failed]}
-    atomic_write_text(out / "scores.json", json.dumps(summary, indent=2))
+    atomic_write_json(out / "scores.json", summary)
     print(f"localized {len(rows)} image(s) in {elapsed:.1f}s; results in {out}/ (scores.csv, *_prob.png, *_mask.png"
           + ("" if args.no_overlay else ", *_overlay.jpg") + ")")
     if failed:

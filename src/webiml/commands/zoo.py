@@ -37,7 +37,7 @@ def zoo(argv: list[str]) -> int:
         for n in names:
             e = entries[n]
             best = next((m for m in e.metrics if "pixel_f1" in m), None)
-            rows.append([n, e.status, e.task, e.architecture, e.license.split(" ")[0],
+            rows.append([n, e.status, e.task, e.architecture, e.license_short,
                          f"{best['pixel_f1']:.3f} ({best.get('dataset', '?')})" if best else "-"])
         print(_table(rows, ["name", "status", "task", "architecture", "licence", "pixel F1"]) if rows else "no model matches")
         return 0

@@ -41,6 +41,19 @@ def degradation_tag(kind: str, level: float) -> str:
     return f"{kind}{float(level):g}"
 
 
+def parse_degradation_tag(tag: str) -> tuple[str, float] | None:
+    """The inverse of :func:`degradation_tag`: ``"jpeg70"`` -> ``("jpeg", 70.0)``; ``None`` for anything that is
+    not exactly a tag it produces for a known kind (``"v2"``, ``"jpeg"``, ``"jpeg070"``, ``"blur-1"``)."""
+    for kind in DEGRADATIONS:
+        if tag.startswith(kind):
+            try:
+                level = float(tag[len(kind):])
+            except ValueError:
+                return None
+            return (kind, level) if degradation_tag(kind, level) == tag and level >= 0 else None
+    return None
+
+
 def check_degradation(kind: str, level: float) -> None:
     """Raise ``ValueError`` for an unknown kind or a level out of range."""
     if kind not in DEGRADATIONS:

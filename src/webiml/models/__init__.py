@@ -1,17 +1,17 @@
 """IML models: plain ``nn.Module`` s following the contract of :mod:`webiml.models.base`.
 
-The size-preset builders ``webiml.models.apsc_net.apsc_net`` and ``webiml.models.web_iml.web_iml`` are
-not re-exported here: their names are those of their modules.
+Every :class:`IMLModel` subclass and every named variant (``web_iml_tiny``, ``apsc_net_base``, ...)
+registers in :mod:`webiml.models.registry`: ``create_model(name, **kwargs)``, ``list_models(pattern)``.
 """
 
 from webiml.models.apsc_net import APSCNet
-from webiml.models.base import MODEL_CLASSES, IMLModel, IMLOutput
+from webiml.models.base import IMLModel, IMLOutput
 from webiml.models.baselines import SmpIML
 from webiml.models.caaa import CAAAv2Annotator, PairClassifier, SDGSegmenter, SPGSegmenter
+from webiml.models.registry import create_model, list_models, register_model
 from webiml.models.web_iml import WebIML, web_iml_base, web_iml_small, web_iml_tiny
 
 __all__ = [
-    "MODEL_CLASSES",
     "APSCNet",
     "CAAAv2Annotator",
     "PairClassifier",
@@ -20,6 +20,9 @@ __all__ = [
     "IMLModel",
     "IMLOutput",
     "SmpIML",
+    "create_model",
+    "list_models",
+    "register_model",
     "WebIML",
     "web_iml_base",
     "web_iml_small",

@@ -59,6 +59,7 @@ from webiml.models.layers import (
     resize,
     se_gate,
 )
+from webiml.models.registry import register_model
 
 APSC_PRESETS: dict[str, dict[str, Any]] = {
     # The authors' configuration (apscnet.py): ConvNeXt-B, 512-channel decoder.
@@ -329,8 +330,20 @@ def apsc_net(size: str = "base", **overrides: Any) -> APSCNet:
     return APSCNet(size=size, **overrides)
 
 
+@register_model
+def apsc_net_base(**overrides: Any) -> APSCNet:
+    """APSC-Net as the authors trained it: ConvNeXt-B backbone, 512-channel decoder."""
+    return APSCNet(size="base", **overrides)
+
+
+@register_model
+def apsc_net_tiny(**overrides: Any) -> APSCNet:
+    """APSC-Net's code path at toy widths (tests and smoke runs; not a trained configuration)."""
+    return APSCNet(size="tiny", **overrides)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["APSC_PRESETS", "APSCHead", "APSCNet", "ConvNeXtBackbone", "apsc_net", "count_parameters"]
+__all__ = ["APSC_PRESETS", "APSCHead", "APSCNet", "ConvNeXtBackbone", "apsc_net", "apsc_net_base", "apsc_net_tiny", "count_parameters"]

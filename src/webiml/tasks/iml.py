@@ -8,7 +8,6 @@ resolution and scored with :mod:`webiml.metrics`, one metric set per evaluation 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from webiml.data.transforms import GpuAugment, restore_prediction
+from webiml.io import atomic_write_json
 from webiml.metrics import ImageMetrics, PixelMetrics, flatten_results
 from webiml.models.base import IMLModel, IMLOutput
 from webiml.tasks.losses import IMLLoss
@@ -193,8 +193,7 @@ class IMLTask(L.LightningModule):
         log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
         if self.trainer.is_global_zero and log_dir:
             path = Path(log_dir) / "test_metrics.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(results, indent=2, sort_keys=True))
+            atomic_write_json(path, results, sort_keys=True)  # NaN (a metric undefined on a set) -> null
             log.info("test metrics written to %s", path)
 
     # -- prediction ---------------------------------------------------------------------------
