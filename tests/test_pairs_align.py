@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from webiml.annotate.align import (
+from webiml.align import (
     align_pair,
     box_homography,
     register_pair,

@@ -8,7 +8,7 @@ solves it with three plain ``nn.Module`` s (no Lightning inside) and a convenien
   original donated an object that was pasted into another photo), whether an SPG pair is spatially
   aligned, and the normalised box ``(x0, y0, x1, y1)`` of the forgery's view inside the original.
 - :class:`SPGSegmenter` (difference-aware): a segmentation net over ``[original, forged,
-  |original - forged|]`` (9 channels) of an *aligned* pair (see :mod:`webiml.annotate.align`), one mask
+  |original - forged|]`` (9 channels) of an *aligned* pair (see :mod:`webiml.align`), one mask
   logit at the forgery's resolution, with flip test-time augmentation.
 - :class:`SDGSegmenter` (correlation): deep features of both images (a timm model by name: a frozen
   DINOv2 ViT for CAAAv2, a trainable CNN for the Siamese v1 variant), dense cosine correlation, and for
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from webiml.annotate.align import shrink_to_max_side
+from webiml.align import shrink_to_max_side
 from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLOutput, InputNormalization
 from webiml.models.encoders import PYPI_IMAGENET, pypi_imagenet_state_dict
 
@@ -263,7 +263,7 @@ class PairClassifier(PairModel):
 class SPGSegmenter(PairModel):
     """Segmentation over ``[original, forged, |original - forged|]`` (9 channels) of an aligned pair.
 
-    The original must already be on the forgery's grid (:func:`webiml.annotate.align.align_pair`); if its
+    The original must already be on the forgery's grid (:func:`webiml.align.align_pair`); if its
     size differs it is resized to the forgery's size. The output mask covers the forgery at its input
     resolution (inputs are padded to a multiple of 32 and the output cropped back).
 
@@ -544,7 +544,7 @@ class AnnotationResult:
     ``"classifier"`` or ``"registration"``; ``aligned``: whether the SPG pair was judged spatially aligned
     (``False`` for SDG). ``align_method`` / ``align_ok`` / ``valid_fraction`` / ``agreement`` describe the
     registration of SPG pairs (``agreement``: fraction of the forgery the registered original explains,
-    see :func:`webiml.annotate.align.registration_agreement`); ``box`` is the classifier's crop box.
+    see :func:`webiml.align.registration_agreement`); ``box`` is the classifier's crop box.
     """
 
     soft_mask: Tensor
@@ -562,7 +562,7 @@ class AnnotationResult:
 class CAAAv2Annotator(nn.Module):
     """Classifier -> registration -> SPG or SDG segmenter, on raw ``uint8`` pairs.
 
-    SPG pairs are registered by :func:`~webiml.annotate.align.register_pair`: a plain resize, the
+    SPG pairs are registered by :func:`~webiml.align.register_pair`: a plain resize, the
     feature homography and the classifier's crop box are each scored by how much of the forgery the
     registered original explains, and the best is kept (so neither a wrong "aligned" decision nor a
     slightly-off homography spoils an exactly aligned pair). The registered original is matched to the
@@ -590,8 +590,8 @@ class CAAAv2Annotator(nn.Module):
         verify_category: let a registration that explains the forgery override an SDG decision.
         spg_agreement: agreement (0..1) from which a pair counts as SPG.
         sdg_agreement: agreement below which a pair the classifier calls SPG counts as SDG (0: never).
-        align_kwargs: keyword arguments of :func:`~webiml.annotate.align.align_pair` (feature candidate).
-        agreement_kwargs: keyword arguments of :func:`~webiml.annotate.align.registration_agreement`.
+        align_kwargs: keyword arguments of :func:`~webiml.align.align_pair` (feature candidate).
+        agreement_kwargs: keyword arguments of :func:`~webiml.align.registration_agreement`.
     """
 
     def __init__(
@@ -677,8 +677,8 @@ class CAAAv2Annotator(nn.Module):
         return SDG, 1.0 - p, False, box  # type: ignore[return-value]
 
     def register(self, original: Tensor, forged: Tensor, box: tuple[float, float, float, float] | None = None) -> Any:
-        """The best registration of the original onto the forgery (:func:`~webiml.annotate.align.register_pair`)."""
-        from webiml.annotate.align import register_pair
+        """The best registration of the original onto the forgery (:func:`~webiml.align.register_pair`)."""
+        from webiml.align import register_pair
 
         return register_pair(original.cpu(), forged.cpu(), crop_box=box, agreement_kwargs=self.agreement_kwargs, **self.align_kwargs)
 
@@ -691,7 +691,7 @@ class CAAAv2Annotator(nn.Module):
         ``category`` (``"SPG"``/``"SDG"``) overrides the classifier (and its verification); ``aligned=True``
         takes the pair as aligned (the original is resized onto the forgery, no registration search).
         """
-        from webiml.annotate.align import AlignResult, photometric_match, registration_agreement
+        from webiml.align import AlignResult, photometric_match, registration_agreement
 
         for name, t in (("original", original), ("forged", forged)):
             if t.ndim != 3 or t.shape[0] != 3:

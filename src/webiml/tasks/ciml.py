@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from webiml.annotate.align import box_homography, warp_original
+from webiml.align import box_homography, warp_original
 from webiml.data.masks import IGNORE, target_from_mask
 from webiml.data.pairs import PairRecord, read_pair_manifest, write_pair_dataset
 from webiml.io import read_image, read_mask
