@@ -190,7 +190,7 @@ class _StubAnnotator(torch.nn.Module):
     """Any object with ``annotate`` works: here a fixed square, and a failure for one size."""
 
     def annotate(self, original, forged, category=None, aligned=None):
-        from webiml.annotate.baseline import AnnotationResult
+        from webiml.annotate.caaa import AnnotationResult
 
         if forged.shape[-1] == 40:
             raise RuntimeError("boom")

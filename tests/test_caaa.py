@@ -11,9 +11,9 @@ import torch
 
 from webiml.data.masks import IGNORE
 from webiml.models.base import IMLOutput
+from webiml.annotate.caaa import AnnotationResult, CAAAv2Annotator
+from webiml.data.pair_datamodule import PairDataModule, PairDataset
 from webiml.models.caaa import (
-    AnnotationResult,
-    CAAAv2Annotator,
     PairClassifier,
     PairClassifierOutput,
     SDGOutput,
@@ -21,7 +21,7 @@ from webiml.models.caaa import (
     SPGSegmenter,
 )
 from webiml.models.encoders import pypi_imagenet_state_dict
-from webiml.tasks.ciml import PairClassifierTask, PairDataModule, PairDataset, PairSegmenterTask
+from webiml.tasks.pairs import PairClassifierTask, PairSegmenterTask
 
 # --------------------------------------------------------------------------------------------------
 # models
@@ -162,7 +162,7 @@ def test_annotator_spg_and_sdg() -> None:
 
 def test_spg_refinement_head_starts_as_a_no_op_and_loads_from_a_plain_model(tmp_path) -> None:
     from webiml.hub import CheckpointError
-    from webiml.tasks.ciml import load_pair_init_weights
+    from webiml.tasks.pairs import load_pair_init_weights
 
     torch.manual_seed(0)
     plain = SPGSegmenter().eval()
@@ -325,7 +325,7 @@ def test_pair_checkpoints_export_to_an_annotator_folder(tmp_path) -> None:
     save_pretrained folders that CAAAv2Annotator.from_pretrained and find_caaa_parts read."""
     from webiml.annotate.pipeline import build_annotator, find_caaa_parts
     from webiml.hub import CheckpointError
-    from webiml.tasks.ciml import export_pair_checkpoint
+    from webiml.tasks.pairs import export_pair_checkpoint
 
     torch.manual_seed(0)
     nets = {"classifier": PairClassifier(input_size=32, drop_rate=0.0), "spg": SPGSegmenter(), "sdg": SDGSegmenter(top_k=3)}

@@ -18,17 +18,15 @@ from webiml.align import (
     resize_homography,
     warp_original,
 )
-from webiml.data.pairs import (
-    FULL_BOX,
-    PairManifestError,
+from webiml.data.pair_synthesis import (
     make_pool,
     make_sdg_pair,
     make_spg_pair,
     make_unrelated_pair,
-    read_pair_manifest,
     synthesize_pair,
     write_pair_dataset,
 )
+from webiml.data.pairs import FULL_BOX, PairManifestError, read_pair_manifest
 from webiml.data.synthetic import procedural_photo
 
 

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from webiml.align import align_pair, gaussian_blur_float, photometric_match, shrink_to_max_side
-from webiml.models.caaa import AnnotationResult
+from webiml.annotate.caaa import AnnotationResult
 
-__all__ = ["AnnotationResult", "BaselineAnnotator", "DifferenceAnnotator", "as_chw_uint8"]
+__all__ = ["BaselineAnnotator", "DifferenceAnnotator", "as_chw_uint8"]
 
 
 def as_chw_uint8(image: Tensor | np.ndarray) -> Tensor:
@@ -88,7 +88,7 @@ def _drop_small_regions(p: Tensor, min_pixels: int, low: float) -> Tensor:
 class DifferenceAnnotator(nn.Module):
     """Naive annotator: aligned absolute difference + soft threshold + morphological clean-up.
 
-    Same interface as :meth:`webiml.models.caaa.CAAAv2Annotator.annotate`; it has no parameters (an
+    Same interface as :meth:`webiml.annotate.caaa.CAAAv2Annotator.annotate`; it has no parameters (an
     ``nn.Module`` only so that it travels like the learned annotators).
 
     Args:

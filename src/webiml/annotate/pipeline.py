@@ -1,7 +1,7 @@
 """Annotation of (original, forged) pairs at scale: pairs in, soft masks + QES + a training manifest out.
 
 :func:`annotate_pairs` (``webiml annotate``) runs any annotator with the interface of
-:meth:`webiml.models.caaa.CAAAv2Annotator.annotate` (CAAAv2, or the naive
+:meth:`webiml.annotate.caaa.CAAAv2Annotator.annotate` (CAAAv2, or the naive
 :class:`~webiml.annotate.baseline.DifferenceAnnotator`) through Lightning prediction:
 
 - :class:`PairFolderDataset` decodes pairs in DataLoader workers (an unreadable pair becomes an error
@@ -250,15 +250,15 @@ def collate_pairs(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def find_caaa_parts(checkpoint: str | os.PathLike[str]) -> dict[str, str]:
-    """The saved CAAAv2 parts of a checkpoint folder (see :func:`webiml.models.caaa.find_parts`)."""
-    from webiml.models.caaa import find_parts
+    """The saved CAAAv2 parts of a checkpoint folder (see :func:`webiml.annotate.caaa.find_parts`)."""
+    from webiml.annotate.caaa import find_parts
 
     return find_parts(checkpoint)
 
 
 def build_annotator(name: str, checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any) -> nn.Module:
     """An annotator by name: ``"baseline"`` (:class:`~webiml.annotate.baseline.DifferenceAnnotator`, ``kwargs``
-    to its constructor) or ``"caaa"`` (:class:`~webiml.models.caaa.CAAAv2Annotator` from a checkpoint folder
+    to its constructor) or ``"caaa"`` (:class:`~webiml.annotate.caaa.CAAAv2Annotator` from a checkpoint folder
     of saved parts, see :func:`find_caaa_parts`; random weights with a warning when ``checkpoint`` is None)."""
     name = name.lower()
     if name == "baseline":
@@ -266,7 +266,8 @@ def build_annotator(name: str, checkpoint: str | os.PathLike[str] | None = None,
 
         return DifferenceAnnotator(**kwargs)
     if name == "caaa":
-        from webiml.models.caaa import CAAAv2Annotator, PairClassifier, SDGSegmenter, SPGSegmenter
+        from webiml.annotate.caaa import CAAAv2Annotator
+        from webiml.models.caaa import PairClassifier, SDGSegmenter, SPGSegmenter
 
         if checkpoint is not None:
             return CAAAv2Annotator.from_pretrained(checkpoint, **kwargs)
