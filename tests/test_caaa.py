@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from webiml.data.masks import IGNORE
-from webiml.models.base import IMLOutput
 from webiml.annotate.caaa import AnnotationResult, CAAAv2Annotator
+from webiml.data.masks import IGNORE
 from webiml.data.pair_datamodule import PairDataModule, PairDataset
+from webiml.models.base import IMLOutput
 from webiml.models.caaa import (
     PairClassifier,
     PairClassifierOutput,
