@@ -84,8 +84,6 @@ __all__ = [
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 ORIGINAL_STEMS = ("original", "0")
 FORGED_STEMS = ("forged", "1")
-EXIT_AFTER_ENV = "WEBIML_ANNOTATE_EXIT_AFTER"
-"""Test hook: a rank exits hard (``os._exit``) after writing this many pairs (simulates a killed job)."""
 THUMB_SIDE = 256
 
 
@@ -404,17 +402,15 @@ class AnnotationWriter(BasePredictionWriter):
         specs: the pairs of the prediction dataset (indexed by the items' ``index``).
         report_ids: pairs that get contact-sheet thumbnails.
         log_every_s: seconds between throughput log lines.
-        exit_after: test hook, exit hard after this many pairs (see :data:`EXIT_AFTER_ENV`).
     """
 
     def __init__(self, out: str | os.PathLike[str], specs: Sequence[PairSpec], report_ids: set[str] | None = None,
-                 log_every_s: float = 30.0, exit_after: int | None = None) -> None:
+                 log_every_s: float = 30.0) -> None:
         super().__init__(write_interval="batch")
         self.out = Path(out)
         self.specs = list(specs)
         self.report_ids = set(report_ids or ())
         self.log_every_s = float(log_every_s)
-        self.exit_after = exit_after
         self.shard: ShardFile | None = None
         self.counts: Counter[str] = Counter()
         self._start = self._last_log = 0.0
@@ -454,11 +450,6 @@ class AnnotationWriter(BasePredictionWriter):
                 self.counts["failed"] += 1
                 log.warning("skipped pair %s: %s", spec.pair_id, res["error"])
             self.shard.append(record)
-            done = self.counts["ok"] + self.counts["failed"]
-            if self.exit_after is not None and done >= self.exit_after:
-                log.warning("%s=%d reached: exiting hard (test hook)", EXIT_AFTER_ENV, self.exit_after)
-                logging.shutdown()
-                os._exit(3)
         now = time.perf_counter()
         if now - self._last_log >= self.log_every_s:
             self._last_log = now
@@ -748,8 +739,7 @@ def annotate_pairs(
     global_zero = rank_zero_only.rank == 0  # from the launcher's environment (RANK, SLURM_PROCID, ...)
     if todo:
         report_ids = {s.pair_id for s in specs[:report_limit]}
-        exit_after = int(os.environ[EXIT_AFTER_ENV]) if os.environ.get(EXIT_AFTER_ENV) else None
-        writer = AnnotationWriter(out, todo, report_ids, log_every_s=log_every_s, exit_after=exit_after)
+        writer = AnnotationWriter(out, todo, report_ids, log_every_s=log_every_s)
         task = AnnotationTask(module, qes_config)
         loader = DataLoader(
             PairFolderDataset(todo), batch_size=int(batch_size), shuffle=False, num_workers=int(num_workers),
