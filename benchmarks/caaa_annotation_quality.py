@@ -23,7 +23,7 @@ Usage::
     python benchmarks/caaa_annotation_quality.py --pairs my_pairs.jsonl --no-casia --json results.json
 
 The checkpoint folder holds the CAAAv2 parts as ``save_pretrained`` folders ``classifier/``, ``spg/`` and
-``sdg/`` (see :func:`webiml.annotate.pipeline.find_caaa_parts`). Without a classifier the true category
+``sdg/`` (see :func:`webiml.annotate.caaa.find_parts`). Without a classifier the true category
 is given to CAAAv2 (reported as "oracle category").
 """
 
@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
-    from webiml.annotate.pipeline import build_annotator, find_caaa_parts
+    from webiml.annotate.caaa import find_parts
+    from webiml.annotate.pipeline import build_annotator
 
     datasets: list[tuple[str, list[Triple]]] = []
     if args.pairs == "synthetic":
@@ -223,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
 
     annotators: list[tuple[str, Any, bool]] = [("baseline (aligned diff)", build_annotator("baseline"), False)]
     if args.checkpoint_dir:
-        parts = find_caaa_parts(args.checkpoint_dir)
+        parts = find_parts(args.checkpoint_dir)
         oracle = args.oracle_category or "classifier" not in parts
-        annotators.append((f"CAAAv2{' (oracle category)' if oracle else ''}", build_annotator("caaa", args.checkpoint_dir), oracle))
+        annotators.append((f"CAAAv2{' (oracle category)' if oracle else ''}",
+                           build_annotator("caaa", args.checkpoint_dir, require_classifier=not oracle), oracle))
         if args.ablate_verification and not oracle:
             annotators.append(("CAAAv2 (classifier only)", build_annotator("caaa", args.checkpoint_dir, verify_category=False), False))
     if args.caaa_random:

@@ -322,8 +322,9 @@ def test_tasks_fit_on_tiny_synthetic_pairs(tmp_path, mode: str) -> None:
 
 def test_pair_checkpoints_export_to_an_annotator_folder(tmp_path) -> None:
     """Lightning checkpoints of the pair tasks carry the net's config (not the module) and export to
-    save_pretrained folders that CAAAv2Annotator.from_pretrained and find_caaa_parts read."""
-    from webiml.annotate.pipeline import build_annotator, find_caaa_parts
+    save_pretrained folders that CAAAv2Annotator.from_pretrained and find_parts read."""
+    from webiml.annotate.caaa import find_parts
+    from webiml.annotate.pipeline import build_annotator
     from webiml.hub import CheckpointError
     from webiml.tasks.pairs import export_pair_checkpoint
 
@@ -353,7 +354,7 @@ def test_pair_checkpoints_export_to_an_annotator_folder(tmp_path) -> None:
             torch.testing.assert_close(a.box, b.box)
         else:
             torch.testing.assert_close(a.mask_logits, b.mask_logits)
-    assert set(find_caaa_parts(parts)) == {"classifier", "spg", "sdg"}
+    assert set(find_parts(parts)) == {"classifier", "spg", "sdg"}
     ann = CAAAv2Annotator.from_pretrained(parts, tta=False)
     assert ann.classifier.input_size == 32 and ann.sdg.top_k == 3
     assert isinstance(build_annotator("caaa", parts, tta=False), CAAAv2Annotator)
@@ -364,3 +365,25 @@ def test_pair_checkpoints_export_to_an_annotator_folder(tmp_path) -> None:
         export_pair_checkpoint(tmp_path / "missing.ckpt", tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError):
         CAAAv2Annotator.from_pretrained(tmp_path / "nowhere")
+
+
+def test_parts_folder_without_classifier_is_refused_at_load(tmp_path) -> None:
+    """A parts folder with segmenters but no classifier/ fails up front, in one line naming the folder and
+    what is missing, instead of failing every pair later; given categories (oracle) still load it."""
+    from webiml.annotate.pipeline import annotate_pairs, build_annotator
+
+    parts = tmp_path / "parts"
+    SPGSegmenter().save_pretrained(parts / "spg")
+    SDGSegmenter(top_k=2).save_pretrained(parts / "sdg")
+    with pytest.raises(FileNotFoundError) as err:
+        CAAAv2Annotator.from_pretrained(parts)
+    msg = str(err.value)
+    assert "\n" not in msg and str(parts) in msg and "classifier/" in msg
+    with pytest.raises(FileNotFoundError, match="classifier/"):
+        build_annotator("caaa", parts)
+    (tmp_path / "pairs").mkdir()
+    with pytest.raises(FileNotFoundError, match="classifier/"):  # before anything is written
+        annotate_pairs(tmp_path / "pairs", tmp_path / "out", annotator="caaa", checkpoint=parts)
+    assert not (tmp_path / "out").exists()
+    ann = CAAAv2Annotator.from_pretrained(parts, require_classifier=False, tta=False)
+    assert ann.classifier is None and ann.spg is not None and ann.sdg is not None

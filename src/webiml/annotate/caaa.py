@@ -158,12 +158,20 @@ class CAAAv2Annotator(nn.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike[str], **kwargs: Any) -> CAAAv2Annotator:
+    def from_pretrained(cls, folder: str | os.PathLike[str], require_classifier: bool = True, **kwargs: Any) -> CAAAv2Annotator:
         """Build an annotator from a folder of saved parts: ``classifier/`` (or ``pair_classifier/``),
         ``spg/`` (or ``spg_segmenter/``) and ``sdg/`` (or ``sdg_segmenter/``), each a ``save_pretrained``
-        folder (as written by :meth:`save_pretrained` or :func:`webiml.tasks.pairs.export_pair_checkpoint`);
-        missing parts are ``None``. ``kwargs`` go to the constructor."""
+        folder (as written by :meth:`save_pretrained` or :func:`webiml.tasks.pairs.export_pair_checkpoint`).
+
+        A folder without the classifier is refused (``FileNotFoundError``): without it every pair whose
+        category is not given fails. ``require_classifier=False`` accepts it (the category is then passed
+        to :meth:`annotate`, e.g. an oracle category in a benchmark). A missing segmenter is ``None``.
+        ``kwargs`` go to the constructor."""
         parts = find_parts(folder)
+        if require_classifier and "classifier" not in parts:
+            names = " or ".join(f"{n}/" for n in PART_FOLDERS["classifier"])
+            raise FileNotFoundError(f"{folder}: CAAAv2 parts folder without the pair classifier (no save_pretrained "
+                                    f"folder {names}); it decides SPG or SDG for every pair")
         return cls.from_pretrained_parts(**parts, **kwargs)
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:

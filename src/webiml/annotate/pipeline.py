@@ -247,17 +247,10 @@ def collate_pairs(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # annotators
 
 
-def find_caaa_parts(checkpoint: str | os.PathLike[str]) -> dict[str, str]:
-    """The saved CAAAv2 parts of a checkpoint folder (see :func:`webiml.annotate.caaa.find_parts`)."""
-    from webiml.annotate.caaa import find_parts
-
-    return find_parts(checkpoint)
-
-
 def build_annotator(name: str, checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any) -> nn.Module:
     """An annotator by name: ``"baseline"`` (:class:`~webiml.annotate.baseline.DifferenceAnnotator`, ``kwargs``
     to its constructor) or ``"caaa"`` (:class:`~webiml.annotate.caaa.CAAAv2Annotator` from a checkpoint folder
-    of saved parts, see :func:`find_caaa_parts`; random weights with a warning when ``checkpoint`` is None)."""
+    of saved parts, see :func:`~webiml.annotate.caaa.find_parts`; random weights with a warning when ``checkpoint`` is None)."""
     name = name.lower()
     if name == "baseline":
         from webiml.annotate.baseline import DifferenceAnnotator

@@ -326,7 +326,7 @@ PAIR_MODEL_NAMES = ("PairClassifier", "SPGSegmenter", "SDGSegmenter")
 def export_pair_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Turn a Lightning checkpoint of :class:`PairClassifierTask` / :class:`PairSegmenterTask` into a
     ``save_pretrained`` folder (``config.json`` + ``model.safetensors``) that ``<Model>.from_pretrained``
-    and :func:`webiml.annotate.pipeline.find_caaa_parts` read.
+    and :func:`webiml.annotate.caaa.find_parts` read.
 
     The checkpoint is read with ``torch.load(weights_only=True)``; the net is rebuilt from the
     ``webiml_net`` entry (or the ``net`` hyperparameter's ``class_path``/``init_args``), only the CAAAv2
