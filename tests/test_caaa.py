@@ -387,3 +387,26 @@ def test_parts_folder_without_classifier_is_refused_at_load(tmp_path) -> None:
     assert not (tmp_path / "out").exists()
     ann = CAAAv2Annotator.from_pretrained(parts, require_classifier=False, tta=False)
     assert ann.classifier is None and ann.spg is not None and ann.sdg is not None
+
+
+def test_pair_splits_use_disjoint_photos(tmp_path) -> None:
+    """Generated val/test pairs come from other photos than the training pairs: the photo folder is split
+    train 80 / val 10 / test 10 by a hash of the file name (like make_photo_pool for single images)."""
+    from PIL import Image
+
+    from webiml.data.pairs import read_pair_manifest
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(60):  # every photo one flat colour: the colour of an undegraded original names its photo
+        Image.fromarray(np.full((40, 40, 3), (4 * i, 250 - 4 * i, 77), np.uint8)).save(photos / f"photo_{i:03d}.png")
+    dm = PairDataModule(mode="spg", photos=str(photos), root=str(tmp_path / "pairs"), num_train=24, num_val=8, num_test=8,
+                        synth_size=32, degrade=False, num_workers=0)
+    dm.prepare_data()
+    used = {}
+    for split in ("train", "val", "test"):
+        recs = read_pair_manifest(tmp_path / "pairs" / "spg" / split / "pairs.jsonl")
+        assert len(recs) == 8 if split != "train" else len(recs) == 24
+        used[split] = {int(np.asarray(Image.open(r.original))[16, 16, 0]) // 4 for r in recs}
+    assert used["val"] and used["test"]
+    assert not used["train"] & used["val"] and not used["train"] & used["test"] and not used["val"] & used["test"]

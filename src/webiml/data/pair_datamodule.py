@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from webiml.align import box_homography, warp_original
 from webiml.data.masks import IGNORE, target_from_mask
-from webiml.data.pair_synthesis import write_pair_dataset
+from webiml.data.datamodule import split_photo_pool
+from webiml.data.pair_synthesis import make_pool, write_pair_dataset
 from webiml.data.pairs import PairCategory, PairRecord, read_pair_manifest
 from webiml.io import read_image, read_mask
 
@@ -192,7 +193,8 @@ class PairDataModule(L.LightningDataModule):
         root: folder of the generated pairs (generation is cached: same parameters, no regeneration).
         num_train, num_val, num_test: numbers of generated pairs.
         synth_size: size of the generated photos (``(h, w)`` or a side).
-        photos: photo pool of the generator: ``"procedural"`` or a folder (see :func:`~webiml.data.pair_synthesis.make_pool`).
+        photos: photo pool of the generator: ``"procedural"`` or a folder (see :func:`~webiml.data.pair_synthesis.make_pool`);
+            a folder's photos are split train 80 / val 10 / test 10 by a hash of the file name.
         categories: category probabilities of the generator (default depends on ``mode``).
         degrade: web-style degradation of the generated pairs.
         seed: seed of the generator (train: ``seed``, val: ``seed + 1``, test: ``seed + 2``).
@@ -257,8 +259,11 @@ class PairDataModule(L.LightningDataModule):
         if self.manifests[split] or split == "predict" or self.counts.get(split, 0) <= 0:
             return self.manifests[split]
         offset = {"train": 0, "val": 1, "test": 2}[split]
+        # photos of a folder are split by a hash of the file name, so held-out pairs never reuse a training
+        # photo; procedural photos differ by seed
+        pool = self.photos if self.photos == "procedural" else split_photo_pool(make_pool(self.photos), split, self.photos)
         path = write_pair_dataset(
-            self.root / self.mode / split, self.counts[split], seed=self.seed + offset, pool=self.photos,
+            self.root / self.mode / split, self.counts[split], seed=self.seed + offset, pool=pool,
             size=self.synth_size, categories=self.categories, degrade=self.degrade, label_tolerance=self.label_tolerance,
         )
         return [str(path)]
