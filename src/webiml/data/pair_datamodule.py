@@ -27,8 +27,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from webiml.align import box_homography, warp_original
-from webiml.data.masks import IGNORE, target_from_mask
 from webiml.data.datamodule import split_photo_pool
+from webiml.data.masks import IGNORE, target_from_mask
 from webiml.data.pair_synthesis import make_pool, write_pair_dataset
 from webiml.data.pairs import PairCategory, PairRecord, read_pair_manifest
 from webiml.io import read_image, read_mask
