@@ -19,7 +19,9 @@ from PIL import Image
 from scipy import ndimage
 
 from webiml.annotate.baseline import DifferenceAnnotator
-from webiml.annotate.pipeline import PairSpec, annotate_pairs, discover_pairs, load_done
+from webiml.annotate.output import load_done
+from webiml.annotate.pair_sources import PairSpec, discover_pairs
+from webiml.annotate.pipeline import annotate_pairs
 from webiml.annotate.qes import qes
 from webiml.cli import main
 from webiml.data.manifest import read_manifest
