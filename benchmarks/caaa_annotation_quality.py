@@ -2,7 +2,7 @@
 
 For (original, forged, true mask) triples it runs the naive baseline annotator (aligned difference,
 :class:`webiml.annotate.baseline.DifferenceAnnotator`) and, when a trained checkpoint folder is given,
-CAAAv2 (:class:`webiml.models.caaa.CAAAv2Annotator`), and reports per data set and annotator:
+CAAAv2 (:class:`webiml.annotate.caaa.CAAAv2Annotator`), and reports per data set and annotator:
 
 - annotation quality: mean / median per-pair IoU of the soft mask binarised at 0.5 against the truth
   (a pair with an empty truth and an empty prediction counts 1);
@@ -11,7 +11,7 @@ CAAAv2 (:class:`webiml.models.caaa.CAAAv2Annotator`), and reports per data set a
 - category accuracy (SPG/SDG) and seconds per pair.
 
 Triples:
-- synthetic held-out pairs from :mod:`webiml.data.pairs` (SPG + SDG, generated with a seed the training
+- synthetic held-out pairs from webiml.data.pair_synthesis (SPG + SDG, generated with a seed the training
   configs do not use, cached under ``--work``), or any pair manifest with masks (``--pairs``);
 - the real CASIA v1 samples ``shared/data/real/casia1-samples`` (tampered/, original/, mask/; every
   tampered image is an edited copy of its original: category SPG), skipped when absent.
@@ -23,7 +23,7 @@ Usage::
     python benchmarks/caaa_annotation_quality.py --pairs my_pairs.jsonl --no-casia --json results.json
 
 The checkpoint folder holds the CAAAv2 parts as ``save_pretrained`` folders ``classifier/``, ``spg/`` and
-``sdg/`` (see :func:`webiml.annotate.pipeline.find_caaa_parts`). Without a classifier the true category
+``sdg/`` (see :func:`webiml.annotate.caaa.find_parts`). Without a classifier the true category
 is given to CAAAv2 (reported as "oracle category").
 """
 
@@ -64,7 +64,8 @@ class Result:
 
 
 def synthetic_triples(work: Path, n: int, size: int, seed: int, photos: str = "procedural") -> list[Triple]:
-    from webiml.data.pairs import read_pair_manifest, write_pair_dataset
+    from webiml.data.pair_synthesis import write_pair_dataset
+    from webiml.data.pairs import read_pair_manifest
 
     tag = "" if photos == "procedural" else "-" + "".join(c if c.isalnum() else "_" for c in Path(photos).resolve().as_posix())[-40:]
     manifest = write_pair_dataset(work / f"heldout-{n}-{size}-{seed}{tag}", n, seed=seed, size=(size, size), pool=photos,
@@ -182,7 +183,7 @@ def markdown(rows: list[tuple[str, str, dict[str, Any]]], threshold: float) -> s
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", default="synthetic",
-                    help="'synthetic' (held-out pairs from webiml.data.pairs, default), a pair manifest with masks, or 'none'")
+                    help="'synthetic' (held-out pairs from webiml.data.pair_synthesis, default), a pair manifest with masks, or 'none'")
     ap.add_argument("--num-synthetic", type=int, default=40, help="held-out synthetic pairs (SPG + SDG)")
     ap.add_argument("--synth-size", type=int, default=256, help="side of the synthetic photos")
     ap.add_argument("--photos", default="procedural",
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
-    from webiml.annotate.pipeline import build_annotator, find_caaa_parts
+    from webiml.annotate.caaa import find_parts
+    from webiml.annotate.pipeline import build_annotator
 
     datasets: list[tuple[str, list[Triple]]] = []
     if args.pairs == "synthetic":
@@ -222,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
 
     annotators: list[tuple[str, Any, bool]] = [("baseline (aligned diff)", build_annotator("baseline"), False)]
     if args.checkpoint_dir:
-        parts = find_caaa_parts(args.checkpoint_dir)
+        parts = find_parts(args.checkpoint_dir)
         oracle = args.oracle_category or "classifier" not in parts
-        annotators.append((f"CAAAv2{' (oracle category)' if oracle else ''}", build_annotator("caaa", args.checkpoint_dir), oracle))
+        annotators.append((f"CAAAv2{' (oracle category)' if oracle else ''}",
+                           build_annotator("caaa", args.checkpoint_dir, require_classifier=not oracle), oracle))
         if args.ablate_verification and not oracle:
             annotators.append(("CAAAv2 (classifier only)", build_annotator("caaa", args.checkpoint_dir, verify_category=False), False))
     if args.caaa_random:

@@ -6,7 +6,7 @@
 # Environment: PHOTOS (photo folder), ROOT (work folder), PAIRS (generated pairs, default ROOT/pairs), SIZE (training side), STEPS (steps per part;
 # the cosine schedule is planned for them, so set minutes high enough to reach them), NUM_TRAIN
 # (generated training pairs), LABEL_TOL (mask label tolerance in levels, see
-# webiml.data.pairs.make_spg_pair), SPG_REFINE (width of the SPG segmenter's full-resolution refinement
+# webiml.data.pair_synthesis.make_spg_pair), SPG_REFINE (width of the SPG segmenter's full-resolution refinement
 # head, 0 = none), PARTS (which parts, e.g. "classifier spg": run two in parallel on two cores).
 set -euo pipefail
 OUT=${1:-runs/caaa-parts}
@@ -35,6 +35,6 @@ for part in $PARTS; do
   python -c 'import torch; torch.set_num_threads(1); from webiml.cli import main; raise SystemExit(main())' \
     fit --config "$cfg" --trainer.default_root_dir "$ROOT/$part" "${common[@]}" "${extra[@]}"
   ckpt=$(ls -t "$ROOT/$part"/lightning_logs/version_*/checkpoints/last.ckpt | head -1)
-  python -c "import sys; from webiml.tasks.ciml import export_pair_checkpoint as e; print(e(sys.argv[1], sys.argv[2]))" "$ckpt" "$OUT/$part"
+  python -c "import sys; from webiml.tasks.pairs import export_pair_checkpoint as e; print(e(sys.argv[1], sys.argv[2]))" "$ckpt" "$OUT/$part"
 done
 echo "== done $(date -u +%T)"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from webiml.annotate.caaa import AnnotationResult, CAAAv2Annotator
 from webiml.data.masks import IGNORE
+from webiml.data.pair_datamodule import PairDataModule, PairDataset
 from webiml.models.base import IMLOutput
 from webiml.models.caaa import (
-    AnnotationResult,
-    CAAAv2Annotator,
     PairClassifier,
     PairClassifierOutput,
     SDGOutput,
@@ -21,7 +21,7 @@ from webiml.models.caaa import (
     SPGSegmenter,
 )
 from webiml.models.encoders import pypi_imagenet_state_dict
-from webiml.tasks.ciml import PairClassifierTask, PairDataModule, PairDataset, PairSegmenterTask
+from webiml.tasks.pairs import PairClassifierTask, PairSegmenterTask
 
 # --------------------------------------------------------------------------------------------------
 # models
@@ -162,7 +162,7 @@ def test_annotator_spg_and_sdg() -> None:
 
 def test_spg_refinement_head_starts_as_a_no_op_and_loads_from_a_plain_model(tmp_path) -> None:
     from webiml.hub import CheckpointError
-    from webiml.tasks.ciml import load_pair_init_weights
+    from webiml.tasks.pairs import load_pair_init_weights
 
     torch.manual_seed(0)
     plain = SPGSegmenter().eval()
@@ -322,10 +322,11 @@ def test_tasks_fit_on_tiny_synthetic_pairs(tmp_path, mode: str) -> None:
 
 def test_pair_checkpoints_export_to_an_annotator_folder(tmp_path) -> None:
     """Lightning checkpoints of the pair tasks carry the net's config (not the module) and export to
-    save_pretrained folders that CAAAv2Annotator.from_pretrained and find_caaa_parts read."""
-    from webiml.annotate.pipeline import build_annotator, find_caaa_parts
+    save_pretrained folders that CAAAv2Annotator.from_pretrained and find_parts read."""
+    from webiml.annotate.caaa import find_parts
+    from webiml.annotate.pipeline import build_annotator
     from webiml.hub import CheckpointError
-    from webiml.tasks.ciml import export_pair_checkpoint
+    from webiml.tasks.pairs import export_pair_checkpoint
 
     torch.manual_seed(0)
     nets = {"classifier": PairClassifier(input_size=32, drop_rate=0.0), "spg": SPGSegmenter(), "sdg": SDGSegmenter(top_k=3)}
@@ -353,7 +354,7 @@ def test_pair_checkpoints_export_to_an_annotator_folder(tmp_path) -> None:
             torch.testing.assert_close(a.box, b.box)
         else:
             torch.testing.assert_close(a.mask_logits, b.mask_logits)
-    assert set(find_caaa_parts(parts)) == {"classifier", "spg", "sdg"}
+    assert set(find_parts(parts)) == {"classifier", "spg", "sdg"}
     ann = CAAAv2Annotator.from_pretrained(parts, tta=False)
     assert ann.classifier.input_size == 32 and ann.sdg.top_k == 3
     assert isinstance(build_annotator("caaa", parts, tta=False), CAAAv2Annotator)
@@ -364,3 +365,48 @@ def test_pair_checkpoints_export_to_an_annotator_folder(tmp_path) -> None:
         export_pair_checkpoint(tmp_path / "missing.ckpt", tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError):
         CAAAv2Annotator.from_pretrained(tmp_path / "nowhere")
+
+
+def test_parts_folder_without_classifier_is_refused_at_load(tmp_path) -> None:
+    """A parts folder with segmenters but no classifier/ fails up front, in one line naming the folder and
+    what is missing, instead of failing every pair later; given categories (oracle) still load it."""
+    from webiml.annotate.pipeline import annotate_pairs, build_annotator
+
+    parts = tmp_path / "parts"
+    SPGSegmenter().save_pretrained(parts / "spg")
+    SDGSegmenter(top_k=2).save_pretrained(parts / "sdg")
+    with pytest.raises(FileNotFoundError) as err:
+        CAAAv2Annotator.from_pretrained(parts)
+    msg = str(err.value)
+    assert "\n" not in msg and str(parts) in msg and "classifier/" in msg
+    with pytest.raises(FileNotFoundError, match="classifier/"):
+        build_annotator("caaa", parts)
+    (tmp_path / "pairs").mkdir()
+    with pytest.raises(FileNotFoundError, match="classifier/"):  # before anything is written
+        annotate_pairs(tmp_path / "pairs", tmp_path / "out", annotator="caaa", checkpoint=parts)
+    assert not (tmp_path / "out").exists()
+    ann = CAAAv2Annotator.from_pretrained(parts, require_classifier=False, tta=False)
+    assert ann.classifier is None and ann.spg is not None and ann.sdg is not None
+
+
+def test_pair_splits_use_disjoint_photos(tmp_path) -> None:
+    """Generated val/test pairs come from other photos than the training pairs: the photo folder is split
+    train 80 / val 10 / test 10 by a hash of the file name (like make_photo_pool for single images)."""
+    from PIL import Image
+
+    from webiml.data.pairs import read_pair_manifest
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(60):  # every photo one flat colour: the colour of an undegraded original names its photo
+        Image.fromarray(np.full((40, 40, 3), (4 * i, 250 - 4 * i, 77), np.uint8)).save(photos / f"photo_{i:03d}.png")
+    dm = PairDataModule(mode="spg", photos=str(photos), root=str(tmp_path / "pairs"), num_train=24, num_val=8, num_test=8,
+                        synth_size=32, degrade=False, num_workers=0)
+    dm.prepare_data()
+    used = {}
+    for split in ("train", "val", "test"):
+        recs = read_pair_manifest(tmp_path / "pairs" / "spg" / split / "pairs.jsonl")
+        assert len(recs) == 8 if split != "train" else len(recs) == 24
+        used[split] = {int(np.asarray(Image.open(r.original))[16, 16, 0]) // 4 for r in recs}
+    assert used["val"] and used["test"]
+    assert not used["train"] & used["val"] and not used["train"] & used["test"] and not used["val"] & used["test"]

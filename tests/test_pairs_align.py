@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from webiml.annotate.align import (
+from webiml.align import (
     align_pair,
     box_homography,
     register_pair,
@@ -18,17 +18,15 @@ from webiml.annotate.align import (
     resize_homography,
     warp_original,
 )
-from webiml.data.pairs import (
-    FULL_BOX,
-    PairManifestError,
+from webiml.data.pair_synthesis import (
     make_pool,
     make_sdg_pair,
     make_spg_pair,
     make_unrelated_pair,
-    read_pair_manifest,
     synthesize_pair,
     write_pair_dataset,
 )
+from webiml.data.pairs import FULL_BOX, PairManifestError, read_pair_manifest
 from webiml.data.synthetic import procedural_photo
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from webiml.annotate.qes import HIGH, LOW, QESConfig, keep, qes
+from webiml.annotate.qes import HIGH, LOW, QESConfig, apply_qes_weights, keep, main, qes, qes_weight
+from webiml.data.manifest import ManifestRecord, read_manifest, write_manifest
+from webiml.data.masks import WEB_LABELS
+from webiml.io import save_image
 
 
 def test_all_confident_is_one_and_all_uncertain_is_zero() -> None:
@@ -74,3 +78,56 @@ def test_configurable_thresholds_and_keep() -> None:
         qes(m, low=0.9, high=0.5)
     with pytest.raises(ValueError):
         qes(np.zeros((2, 3, 4, 5)))
+
+
+# --------------------------------------------------------------------------------------------------
+# web supervision
+
+
+def test_qes_and_weight() -> None:
+    m = np.zeros((10, 10), np.uint8)
+    assert qes(m) == 0.0
+    m[:2] = 255  # 20 confident px
+    m[2:4] = 128  # 20 uncertain px
+    assert qes(m) == pytest.approx(0.5, abs=1e-6)
+    assert qes(m.astype(np.float32) / 255) == pytest.approx(0.5, abs=1e-6)
+    assert qes_weight(0.5) == 0.0 and qes_weight(0.2) == 0.0
+    assert qes_weight(1.0) == pytest.approx(1.0)
+    assert qes_weight(0.75) == pytest.approx(0.75)  # halfway up the ramp from floor 0.5
+    assert qes_weight(0.51, floor=1.0) == 1.0
+    np.testing.assert_allclose(qes_weight(np.array([0.4, 0.75, 1.0]), floor=0.0), [0.0, 0.5, 1.0])
+    with pytest.raises(ValueError):
+        qes_weight(0.9, threshold=1.0)
+
+
+def test_apply_qes_weights(tmp_path: Path) -> None:
+    soft = np.zeros((16, 16), np.uint8)
+    soft[:8] = 250
+    soft[8:10] = 100  # QES = 128 / 160 = 0.8
+    save_image(tmp_path / "m.png", soft)
+    save_image(tmp_path / "i.png", np.full((16, 16, 3), 90, np.uint8))
+    rows = [
+        ManifestRecord("i.png", "m.png", 1, "mimlv2", extra={"qes": 0.9}),
+        ManifestRecord("i.png", "m.png", 1, "mimlv2", extra={"qes": 0.3}),
+        ManifestRecord("i.png", "m.png", 1, "mimlv2", weight=0.5),  # QES computed from the mask
+        ManifestRecord("i.png", "m.png", 1, "mimlv2", ignore_band=(20, 230), extra={"qes": 1.0}),
+        ManifestRecord("i.png", None, 0, "mimlv2"),
+    ]
+    write_manifest(tmp_path / "raw.jsonl", [r.resolve(tmp_path) for r in rows])
+    rep = apply_qes_weights(tmp_path / "raw.jsonl", tmp_path / "out" / "weighted.jsonl")
+    assert (rep.kept, rep.dropped, rep.computed) == (4, 1, 1)
+    out = read_manifest(rep.manifest)
+    assert [r.weight for r in out] == pytest.approx([0.9, 0.8, 1.0, 1.0])  # replaced, not multiplied
+    assert out[0].ignore_band == WEB_LABELS and out[1].ignore_band == WEB_LABELS
+    assert out[2].ignore_band == (20, 230)  # an existing band is kept
+    assert out[3].mask is None and out[3].ignore_band is None
+    assert out[1].extra["qes"] == pytest.approx(0.8, abs=1e-5)
+    assert Path(out[0].image).is_file()
+    rep = apply_qes_weights(tmp_path / "raw.jsonl", tmp_path / "w2.jsonl", floor=1.0, override_band=True)
+    assert [r.weight for r in read_manifest(rep.manifest)] == pytest.approx([1.0, 1.0, 1.0, 1.0])
+    assert read_manifest(rep.manifest)[2].ignore_band == WEB_LABELS
+    # band only (sets the authors already filtered): nothing dropped, weights unchanged
+    assert main([str(tmp_path / "raw.jsonl"), str(tmp_path / "band.jsonl"), "--band-only"]) == 0
+    band = read_manifest(tmp_path / "band.jsonl")
+    assert [r.weight for r in band] == [1.0, 1.0, 0.5, 1.0, 1.0]
+    assert [r.ignore_band for r in band] == [WEB_LABELS, WEB_LABELS, WEB_LABELS, (20, 230), None]

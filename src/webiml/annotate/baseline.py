@@ -5,7 +5,7 @@ an edited copy of its original with no global change). For one pair ``(original,
 
 1. Both images are brought to a working resolution (long side at most ``max_side``).
 2. Alignment: a same-size pair whose plain difference is small is taken as aligned as is; otherwise
-   :func:`webiml.annotate.align.align_pair` registers the original onto the forgery (feature matching,
+   :func:`webiml.align.align_pair` registers the original onto the forgery (feature matching,
    then a plain resize); without the align module, a same-size pair is used as is and other pairs are
    resized onto the forgery.
 3. Photometric matching: a robust per-channel gain/offset fit of the original to the forgery (web
@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from webiml.annotate.align import gaussian_blur_float, photometric_match, shrink_to_max_side
-from webiml.models.caaa import AnnotationResult
+from webiml.align import align_pair, gaussian_blur_float, photometric_match, shrink_to_max_side
+from webiml.annotate.caaa import AnnotationResult
 
-__all__ = ["AnnotationResult", "BaselineAnnotator", "DifferenceAnnotator", "as_chw_uint8"]
+__all__ = ["BaselineAnnotator", "DifferenceAnnotator", "as_chw_uint8"]
 
 
 def as_chw_uint8(image: Tensor | np.ndarray) -> Tensor:
@@ -88,7 +88,7 @@ def _drop_small_regions(p: Tensor, min_pixels: int, low: float) -> Tensor:
 class DifferenceAnnotator(nn.Module):
     """Naive annotator: aligned absolute difference + soft threshold + morphological clean-up.
 
-    Same interface as :meth:`webiml.models.caaa.CAAAv2Annotator.annotate`; it has no parameters (an
+    Same interface as :meth:`webiml.annotate.caaa.CAAAv2Annotator.annotate`; it has no parameters (an
     ``nn.Module`` only so that it travels like the learned annotators).
 
     Args:
@@ -104,7 +104,7 @@ class DifferenceAnnotator(nn.Module):
             pixels differ by more than the threshold; otherwise it is registered like any other pair.
         spg_min_overlap: a registered pair whose original covers less of the forgery than this is
             reported as ``"SDG"`` (the category the baseline guesses; its mask is a difference map anyway).
-        use_align: use :func:`webiml.annotate.align.align_pair` when available.
+        use_align: use :func:`webiml.align.align_pair` when available.
         align_kwargs: keyword arguments of ``align_pair``.
     """
 
@@ -168,13 +168,7 @@ class DifferenceAnnotator(nn.Module):
             plain = _resize_float(original, (h, w))
             if aligned or self._changed_fraction(plain, forged) <= self.same_size_max_changed:
                 return plain, all_valid, "same_size" if not aligned else "given", True, 1.0
-        align_pair = None
         if self.use_align:
-            try:
-                from webiml.annotate.align import align_pair
-            except ImportError:  # pragma: no cover - only while align.py is absent
-                align_pair = None
-        if align_pair is not None:
             res = align_pair(original.round().clamp(0, 255).to(torch.uint8), forged.round().clamp(0, 255).to(torch.uint8),
                              **self.align_kwargs)
             warped, valid = res.original_warped.float(), res.valid

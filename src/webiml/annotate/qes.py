@@ -11,18 +11,31 @@ found, nothing to keep). Both thresholds, the keep threshold and ``eps`` are con
 Inputs: one map ``(H, W)``, a batch ``(B, H, W)`` or ``(B, 1, H, W)`` (numpy or torch, computed in one
 vectorised pass) or a list of maps of different sizes (one concatenated pass with segment sums).
 ``uint8`` maps are read on the 0..255 scale (``v / 255``); float maps must be probabilities in [0, 1].
+
+Weak web supervision: :func:`qes_weight` maps QES to a per-sample loss weight and
+:func:`apply_qes_weights` turns an auto-annotated manifest into weakly supervised training data
+(QES filter, weights, the web ignore band). Command line::
+
+    python -m webiml.annotate.qes data/manifests/mimlv2.jsonl data/manifests/mimlv2-qes.jsonl
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["EPS", "HIGH", "KEEP_THRESHOLD", "LOW", "QESConfig", "keep", "qes"]
+from webiml.data.manifest import ManifestRecord, read_manifest, write_manifest
+from webiml.data.masks import WEB_LABELS, IgnoreBand
+from webiml.io import read_mask
+
+__all__ = ["EPS", "HIGH", "KEEP_THRESHOLD", "LOW", "QESConfig", "QESReport", "apply_qes_weights", "keep", "qes", "qes_weight"]
 
 LOW: float = 1 / 16
 """Pixels above this probability count as marked at all."""
@@ -155,3 +168,111 @@ def keep(scores: Any, threshold: float = KEEP_THRESHOLD) -> Any:
     if np.ndim(scores) == 0:
         return bool(float(scores) > threshold)
     return np.asarray(scores) > threshold
+
+
+# --------------------------------------------------------------------------------------------------
+# weak web supervision: QES -> loss weights of auto-annotated manifests
+
+
+def qes_weight(score: float | np.ndarray, *, threshold: float = KEEP_THRESHOLD, floor: float = 0.5,
+               power: float = 1.0) -> float | np.ndarray:
+    """Map QES to a per-sample loss weight: 0 at or below ``threshold`` (the annotation is dropped), then
+    rising from ``floor`` just above the threshold to 1 at QES = 1 (``power`` shapes the ramp).
+
+    ``floor=1`` gives the authors' plain filter (keep with weight 1 above the threshold).
+    """
+    if not 0.0 <= threshold < 1.0 or not 0.0 <= floor <= 1.0 or power <= 0:
+        raise ValueError(f"need 0 <= threshold < 1, 0 <= floor <= 1, power > 0; got {threshold}, {floor}, {power}")
+    q = np.clip(np.asarray(score, dtype=np.float64), 0.0, 1.0)
+    ramp = ((q - threshold) / (1.0 - threshold)).clip(0.0, 1.0) ** power
+    w = np.where(q > threshold, floor + (1.0 - floor) * ramp, 0.0)
+    return float(w) if w.ndim == 0 else w
+
+
+class QESReport(NamedTuple):
+    manifest: Path
+    kept: int
+    dropped: int
+    computed: int
+    mean_weight: float
+
+
+def apply_qes_weights(
+    manifest_in: str | os.PathLike[str],
+    manifest_out: str | os.PathLike[str],
+    *,
+    key: str = "qes",
+    threshold: float | None = KEEP_THRESHOLD,
+    floor: float = 0.5,
+    power: float = 1.0,
+    band: IgnoreBand | tuple[int, int] | None = WEB_LABELS,
+    override_band: bool = False,
+    compute_missing: bool = True,
+) -> QESReport:
+    """Turn an auto-annotated manifest into weakly supervised training data.
+
+    For every manipulated row (with a mask): QES from ``extra[key]`` (or computed from the soft mask with
+    :func:`qes` when ``compute_missing``, and stored under ``key``); rows with QES at or below
+    ``threshold`` are dropped, the others get ``weight = qes_weight(qes, ...)`` (it *replaces* the row's
+    weight: ``webiml data index mimlv2`` already writes ``weight = qes``, which must not count twice) and the ignore band
+    ``band`` (the web default 0-7 authentic, 193-255 manipulated, in between ignored) unless they already
+    have one (``override_band`` replaces it). ``threshold=None`` skips QES entirely and only sets the band
+    (for sets the authors already filtered, e.g. MIML Part1/Part2). Authentic rows pass unchanged. The
+    output is written atomically; paths stay valid (relative to the new manifest when under its folder,
+    else absolute).
+    """
+    records = read_manifest(manifest_in)
+    band_t = None if band is None else IgnoreBand(*band)
+    kept: list[ManifestRecord] = []
+    dropped = computed = 0
+    weights: list[float] = []
+    for r in records:
+        if r.mask is None:
+            kept.append(r)
+            continue
+        rec_band = r.ignore_band if (r.ignore_band is not None and not override_band) else band_t
+        if threshold is None:
+            kept.append(ManifestRecord(r.image, r.mask, r.label, r.source, r.weight, rec_band, dict(r.extra)))
+            weights.append(r.weight)
+            continue
+        q = r.extra.get(key)
+        if q is None:
+            if not compute_missing:
+                raise ValueError(f"{manifest_in}: row {r.image} has no {key!r} and compute_missing=False")
+            q = qes(read_mask(r.mask))
+            computed += 1
+        w = float(qes_weight(float(q), threshold=threshold, floor=floor, power=power))
+        if w <= 0.0:
+            dropped += 1
+            continue
+        extra = dict(r.extra) | {key: round(float(q), 6)}
+        kept.append(ManifestRecord(r.image, r.mask, r.label, r.source, w, rec_band, extra))
+        weights.append(w)
+    path = write_manifest(manifest_out, kept)
+    return QESReport(path, len(kept), dropped, computed, float(np.mean(weights)) if weights else float("nan"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m webiml.annotate.qes",
+                                     description="QES weights + web ignore band on an auto-annotated manifest")
+    parser.add_argument("manifest_in")
+    parser.add_argument("manifest_out")
+    parser.add_argument("--key", default="qes")
+    parser.add_argument("--threshold", type=float, default=KEEP_THRESHOLD)
+    parser.add_argument("--band-only", action="store_true", help="no QES filter or weights: only set the ignore band")
+    parser.add_argument("--floor", type=float, default=0.5)
+    parser.add_argument("--power", type=float, default=1.0)
+    parser.add_argument("--band", type=int, nargs=2, default=list(WEB_LABELS), metavar=("LOW", "HIGH"))
+    parser.add_argument("--override-band", action="store_true")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    rep = apply_qes_weights(args.manifest_in, args.manifest_out, key=args.key,
+                            threshold=None if args.band_only else args.threshold,
+                            floor=args.floor, power=args.power, band=tuple(args.band),
+                            override_band=args.override_band)
+    print(f"{rep.manifest}: kept {rep.kept}, dropped {rep.dropped} (QES <= {args.threshold}), "
+          f"computed {rep.computed} scores, mean weight {rep.mean_weight:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

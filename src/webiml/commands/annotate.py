@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 def annotate(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from webiml.annotate.pipeline import PairSourceError, annotate_pairs
+    from webiml.annotate.pair_sources import PairSourceError
+    from webiml.annotate.pipeline import annotate_pairs
     from webiml.annotate.qes import QESConfig
 
     name = args.annotator or ("caaa" if args.checkpoint else "baseline")

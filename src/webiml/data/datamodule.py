@@ -317,8 +317,6 @@ def make_photo_pool(spec: str, split: str = "train", seed: int = 0, size: int = 
     photos are split 80/10/10 into train/val/test by a hash of the file name, so generated validation and
     test forgeries never reuse a training photo; procedural photos differ by seed.
     """
-    import hashlib
-
     from webiml.data.synthetic import PhotoPool
 
     if spec == "procedural":
@@ -329,7 +327,14 @@ def make_photo_pool(spec: str, split: str = "train", seed: int = 0, size: int = 
         raise ValueError(f"unknown photo source {spec!r}: use 'procedural', a folder, 'coco-panoptic:PATH' or 'bsds:PATH'")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"photo source {spec!r}: {path} is not a folder")
-    pool = builders[kind](path, max_side=max(size * 2, 256))
+    return split_photo_pool(builders[kind](path, max_side=max(size * 2, 256)), split, spec)
+
+
+def split_photo_pool(pool: Any, split: str, spec: str = "") -> Any:
+    """Keep the photos of ``pool`` (a photo-backed :class:`~webiml.data.synthetic.PhotoPool`) that fall in
+    ``split``: train 80 / val 10 / test 10 by a hash of the file name (the same photo, the same split)."""
+    import hashlib
+
     lo, hi = _SPLIT_SHARES[split]
 
     def bucket(p: Path) -> int:
@@ -337,7 +342,7 @@ def make_photo_pool(spec: str, split: str = "train", seed: int = 0, size: int = 
 
     pool.entries = [e for e in pool.entries if lo <= bucket(e.image) < hi]
     if not pool.entries:
-        raise ValueError(f"photo source {spec!r} has no photos in the {split} split")
+        raise ValueError(f"photo source {spec or pool.signature!r} has no photos in the {split} split")
     pool.signature["split"] = split
     pool.signature["n"] = len(pool.entries)
     return pool

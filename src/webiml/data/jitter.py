@@ -1,4 +1,4 @@
-"""Object Jitter, COCO instance masks, and helpers for weak web supervision (QES weights).
+"""Object Jitter and COCO instance masks.
 
 **Object Jitter** (MIMLv2 paper; the MIML authors' training code calls it ``COCO`` in their mmseg
 pipelines) makes a real manipulation with an exact mask out of any photo with instance masks: one real
@@ -38,9 +38,7 @@ COCO panoptic) works as well.
 atomic, deterministic, idempotent, like :func:`~webiml.data.synthetic.write_synthetic_dataset`), so it is
 just one more training source (``source: coco-jitter``) with its own repeat factor.
 
-**Web supervision.** :func:`qes_score` (QES of a soft auto-annotation), :func:`qes_weight` (QES -> loss
-weight) and :func:`apply_qes_weights` (manifest in -> manifest out with ``weight`` and the web ignore
-band) turn auto-annotated web data into weakly supervised training data.
+QES weights of auto-annotated web data (``qes_weight``, ``apply_qes_weights``) are in :mod:`webiml.annotate.qes`.
 
 Command line::
 
@@ -48,7 +46,6 @@ Command line::
         --coco data/coco/annotations/instances_train2017.json --images data/coco/train2017 \\
         --size 512 --zoom 1 1.5 --source coco-jitter --manifest data/manifests/coco-jitter.jsonl
     python -m webiml.data.jitter build --out runs/jitter-data/train --n 256 --seed 0 --procedural 192
-    python -m webiml.data.jitter qes data/manifests/mimlv2.jsonl data/manifests/mimlv2-qes.jsonl
 """
 
 from __future__ import annotations
@@ -66,24 +63,19 @@ from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from webiml.data.manifest import ManifestRecord, read_manifest, write_manifest
-from webiml.data.masks import WEB_LABELS, IgnoreBand
 from webiml.data.synthetic import Forgery, PhotoPool, jpeg_compress
-from webiml.io import atomic_write_text, read_image, read_mask, save_image
+from webiml.io import atomic_write_text, read_image, save_image
 
 __all__ = [
     "JITTER_KIND",
     "CocoInstances",
-    "QESReport",
     "annotation_to_mask",
-    "apply_qes_weights",
     "blur_kernel_size",
     "decode_rle",
     "encode_rle",
     "instance_masks",
     "object_jitter",
     "polygons_to_mask",
-    "qes_score",
-    "qes_weight",
     "write_jitter_dataset",
 ]
 
@@ -655,103 +647,6 @@ def write_jitter_dataset(
 
 
 # --------------------------------------------------------------------------------------------------
-# weak web supervision: QES scores and loss weights
-
-
-def qes_score(soft_mask: np.ndarray, eps: float = 1e-8) -> float:
-    """Quality evaluation score of one soft auto-annotation: ``|{p > 15/16}| / (|{p > 1/16}| + eps)``
-    (:func:`webiml.annotate.qes.qes` on one map).
-
-    ``soft_mask``: 8-bit (0..255) or float in [0, 1]. Confident annotations score near 1; an empty one 0.
-    The MIML authors keep an annotation when QES > 0.5.
-    """
-    from webiml.annotate.qes import qes
-
-    m = np.asarray(soft_mask)
-    if m.dtype != np.uint8 and m.max(initial=0) > 1.0:  # an 8-bit mask stored in a wider type
-        m = np.clip(m, 0, 255).astype(np.uint8)
-    return float(qes(m, eps=eps))
-
-
-def qes_weight(qes: float | np.ndarray, *, threshold: float = 0.5, floor: float = 0.5,
-               power: float = 1.0) -> float | np.ndarray:
-    """Map QES to a per-sample loss weight: 0 at or below ``threshold`` (the annotation is dropped), then
-    rising from ``floor`` just above the threshold to 1 at QES = 1 (``power`` shapes the ramp).
-
-    ``floor=1`` gives the authors' plain filter (keep with weight 1 above the threshold).
-    """
-    if not 0.0 <= threshold < 1.0 or not 0.0 <= floor <= 1.0 or power <= 0:
-        raise ValueError(f"need 0 <= threshold < 1, 0 <= floor <= 1, power > 0; got {threshold}, {floor}, {power}")
-    q = np.clip(np.asarray(qes, dtype=np.float64), 0.0, 1.0)
-    ramp = ((q - threshold) / (1.0 - threshold)).clip(0.0, 1.0) ** power
-    w = np.where(q > threshold, floor + (1.0 - floor) * ramp, 0.0)
-    return float(w) if w.ndim == 0 else w
-
-
-class QESReport(NamedTuple):
-    manifest: Path
-    kept: int
-    dropped: int
-    computed: int
-    mean_weight: float
-
-
-def apply_qes_weights(
-    manifest_in: str | os.PathLike[str],
-    manifest_out: str | os.PathLike[str],
-    *,
-    key: str = "qes",
-    threshold: float | None = 0.5,
-    floor: float = 0.5,
-    power: float = 1.0,
-    band: IgnoreBand | tuple[int, int] | None = WEB_LABELS,
-    override_band: bool = False,
-    compute_missing: bool = True,
-) -> QESReport:
-    """Turn an auto-annotated manifest into weakly supervised training data.
-
-    For every manipulated row (with a mask): QES from ``extra[key]`` (or computed from the soft mask with
-    :func:`qes_score` when ``compute_missing``, and stored under ``key``); rows with QES at or below
-    ``threshold`` are dropped, the others get ``weight = qes_weight(qes, ...)`` (it *replaces* the row's
-    weight: ``webiml data index mimlv2`` already writes ``weight = qes``, which must not count twice) and the ignore band
-    ``band`` (the web default 0-7 authentic, 193-255 manipulated, in between ignored) unless they already
-    have one (``override_band`` replaces it). ``threshold=None`` skips QES entirely and only sets the band
-    (for sets the authors already filtered, e.g. MIML Part1/Part2). Authentic rows pass unchanged. The
-    output is written atomically; paths stay valid (relative to the new manifest when under its folder,
-    else absolute).
-    """
-    records = read_manifest(manifest_in)
-    band_t = None if band is None else IgnoreBand(*band)
-    kept: list[ManifestRecord] = []
-    dropped = computed = 0
-    weights: list[float] = []
-    for r in records:
-        if r.mask is None:
-            kept.append(r)
-            continue
-        rec_band = r.ignore_band if (r.ignore_band is not None and not override_band) else band_t
-        if threshold is None:
-            kept.append(ManifestRecord(r.image, r.mask, r.label, r.source, r.weight, rec_band, dict(r.extra)))
-            weights.append(r.weight)
-            continue
-        q = r.extra.get(key)
-        if q is None:
-            if not compute_missing:
-                raise ValueError(f"{manifest_in}: row {r.image} has no {key!r} and compute_missing=False")
-            q = qes_score(read_mask(r.mask))
-            computed += 1
-        w = float(qes_weight(float(q), threshold=threshold, floor=floor, power=power))
-        if w <= 0.0:
-            dropped += 1
-            continue
-        extra = dict(r.extra) | {key: round(float(q), 6)}
-        kept.append(ManifestRecord(r.image, r.mask, r.label, r.source, w, rec_band, extra))
-        weights.append(w)
-    path = write_manifest(manifest_out, kept)
-    return QESReport(path, len(kept), dropped, computed, float(np.mean(weights)) if weights else float("nan"))
-
-
-# --------------------------------------------------------------------------------------------------
 # command line
 
 
@@ -797,25 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--max-area", type=float, default=0.75)
     b.add_argument("--overwrite", action="store_true")
     b.add_argument("--workers", type=int, default=0, help="parallel writer processes")
-    q = sub.add_parser("qes", help="QES weights + web ignore band on an auto-annotated manifest")
-    q.add_argument("manifest_in")
-    q.add_argument("manifest_out")
-    q.add_argument("--key", default="qes")
-    q.add_argument("--threshold", type=float, default=0.5)
-    q.add_argument("--band-only", action="store_true", help="no QES filter or weights: only set the ignore band")
-    q.add_argument("--floor", type=float, default=0.5)
-    q.add_argument("--power", type=float, default=1.0)
-    q.add_argument("--band", type=int, nargs=2, default=list(WEB_LABELS), metavar=("LOW", "HIGH"))
-    q.add_argument("--override-band", action="store_true")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    if args.cmd == "qes":
-        rep = apply_qes_weights(args.manifest_in, args.manifest_out, key=args.key,
-                                threshold=None if args.band_only else args.threshold,
-                                floor=args.floor, power=args.power, band=tuple(args.band),
-                                override_band=args.override_band)
-        print(f"{rep.manifest}: kept {rep.kept}, dropped {rep.dropped} (QES <= {args.threshold}), "
-              f"computed {rep.computed} scores, mean weight {rep.mean_weight:.3f}")
-        return 0
     side = args.size or args.procedural or 512
     size = None if args.native else (side, side)
     instances = _instances_from_args(args)

