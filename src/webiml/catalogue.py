@@ -57,6 +57,7 @@ class CatalogueEntry:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     license: str = ""
+    thresholds: dict[str, float] = field(default_factory=dict)
     paper: str | None = None
     notes: str = ""
 

@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 CONFIG_NAME = "config.json"
+THRESHOLDS_KEY = "thresholds"
+"""Key of ``config.json`` (and of a catalogue entry) holding the model's decision thresholds, not a constructor argument."""
 WEIGHTS_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl", ".pickle", ".tar")
 
@@ -97,11 +99,21 @@ def build_model(architecture: str, config: dict[str, Any], where: str = "<config
     if not issubclass(cls, model_class):
         raise CheckpointError(f"{where}: the model is a {cls.__name__}, not a {model_class.__name__} (or a subclass); "
                               f"load it with webiml.from_pretrained or {cls.__name__}.from_pretrained")
+    config = dict(config)
+    thresholds = config.pop(THRESHOLDS_KEY, None)
     cfg = {**config, **{k: v for k, v in cls.pretrained_init_overrides.items() if k in config}}
     try:
-        return cls(**cfg)
+        model = cls(**cfg)
     except TypeError as err:
         raise CheckpointError(f"{where}: config does not fit {cls.__name__}: {err}") from None
+    if thresholds is not None:
+        if not isinstance(thresholds, dict) or set(thresholds) - {"pixel", "image"}:
+            raise CheckpointError(f"{where}: '{THRESHOLDS_KEY}' must be a mapping with keys 'pixel' and/or 'image', got {thresholds!r}")
+        try:
+            model.set_thresholds(thresholds.get("pixel"), thresholds.get("image"))
+        except ValueError as err:
+            raise CheckpointError(f"{where}: {err}") from None
+    return model
 
 
 def load_safetensors_into(model: IMLModel, path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
@@ -179,7 +191,15 @@ def _config_from_safetensors(path: Path) -> tuple[str, dict[str, Any]] | None:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
     if "webiml_architecture" not in meta:
         return None
-    return meta["webiml_architecture"], json.loads(meta.get("webiml_config", "{}"))
+    try:
+        config = json.loads(meta.get("webiml_config", "{}"))
+        if "webiml_thresholds" in meta:
+            config[THRESHOLDS_KEY] = json.loads(meta["webiml_thresholds"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: invalid JSON in the file's webiml metadata ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the file's webiml_config metadata is not a JSON object")
+    return meta["webiml_architecture"], config
 
 
 def _load_local_file(path: Path, map_location: Any, strict: bool, model_class: type[IMLModel]) -> IMLModel:
@@ -242,7 +262,8 @@ def _load_catalogue_entry(entry: CatalogueEntry, revision: str | None, map_locat
         how = entry.weights.get("url") or entry.weights.get("upstream") or "no public weights"
         raise CheckpointError(f"{entry.name}: status '{entry.status}', not loadable ({how}). {entry.notes}".strip())
     where = f"checkpoints.yaml:{entry.name}"
-    model = build_model(entry.architecture, entry.config, where=where, model_class=model_class)
+    config = {**entry.config, **({THRESHOLDS_KEY: entry.thresholds} if entry.thresholds else {})}
+    model = build_model(entry.architecture, config, where=where, model_class=model_class)
     if entry.weights.get("embedded"):
         weights = _embedded_path(entry.weights["embedded"])
     else:
@@ -390,11 +411,11 @@ def write_pretrained(model: IMLModel, save_directory: str | os.PathLike[str], *,
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     out = Path(save_directory)
-    config = {"architecture": type(model).__name__, **model.config}
+    config = {"architecture": type(model).__name__, **model.config, THRESHOLDS_KEY: model.thresholds}
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
     meta = {"webiml_architecture": config["architecture"], "webiml_config": json.dumps(model.config, sort_keys=True),
-            "format": "pt"}
+            "webiml_thresholds": json.dumps(model.thresholds, sort_keys=True), "format": "pt"}
     atomic_write_bytes(out / WEIGHTS_NAME, safetensors_bytes(state, metadata=meta))
     atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     atomic_write_text(out / "README.md", str(build_model_card(model, **(card or {}))))

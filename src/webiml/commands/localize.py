@@ -1,7 +1,7 @@
 """``webiml localize INPUT... [-m MODEL] [-o OUT]``: heatmaps, masks, overlays and scores for images.
 
 Inputs are image files, folders (searched recursively), ``.txt`` lists of paths or manifests. Per image
-it writes ``<name>_prob.png`` (probability 0-255), ``<name>_mask.png`` (binary at the threshold) and
+it writes ``<name>_prob.png`` (probability 0-255), ``<name>_mask.png`` (binary at the pixel threshold) and
 ``<name>_overlay.jpg`` (the image with manipulated regions highlighted), and for the whole run
 ``scores.csv`` / ``scores.json`` with image-level scores. Images of any size keep their resolution
 (large ones are tiled). Unreadable files are reported and skipped; the exit status is 1 if any failed.
@@ -68,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help="image files, folders, .txt lists of paths, or manifests")
     parser.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"catalogue name, Hub id, folder or .safetensors (default: {DEFAULT_MODEL}, embedded)")
     parser.add_argument("-o", "--out", default="localize-out", help="output folder (default: ./localize-out)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="binarisation threshold of the mask")
+    parser.add_argument("--threshold", "--pixel-threshold", dest="threshold", type=float, default=None,
+                        help="pixel threshold of the mask (default: the model's, 0.5 unless it stores another)")
+    parser.add_argument("--image-threshold", type=float, default=None,
+                        help="image verdict threshold: 'manipulated' when the image score is >= it (default: the "
+                             "model's calibrated threshold, see `webiml calibrate`)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--tile", type=int, default=1024, help="images larger than this are tiled (default 1024)")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
@@ -100,6 +104,11 @@ def localize(argv: list[str]) -> int:
         print("error: no images found in the inputs")
         return 2
     model = from_pretrained(args.model)
+    pixel_threshold = float(model.pixel_threshold if args.threshold is None else args.threshold)
+    image_threshold = float(model.image_threshold if args.image_threshold is None else args.image_threshold)
+    print(f"model {args.model}: pixel threshold {pixel_threshold:g}"
+          + (" (model default)" if args.threshold is None else "")
+          + f", image threshold {image_threshold:g}" + (" (model default)" if args.image_threshold is None else ""))
     localizer = Localizer(model, device=args.device, tile=args.tile, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,12 +135,12 @@ def localize(argv: list[str]) -> int:
         image = images.pop(i)
         prob8 = np.round(result.mask_probs * 255).astype(np.uint8)
         save_image(out / f"{names[i]}_prob.png", prob8)
-        save_image(out / f"{names[i]}_mask.png", (result.binary_mask(args.threshold) * 255).astype(np.uint8))
+        save_image(out / f"{names[i]}_mask.png", (result.binary_mask(pixel_threshold) * 255).astype(np.uint8))
         if not args.no_overlay:
-            save_image(out / f"{names[i]}_overlay.jpg", overlay(image, result.mask_probs, threshold=args.threshold), quality=90)
-        area = float(result.binary_mask(args.threshold).mean())
+            save_image(out / f"{names[i]}_overlay.jpg", overlay(image, result.mask_probs, threshold=pixel_threshold), quality=90)
+        area = float(result.binary_mask(pixel_threshold).mean())
         rows.append({"path": paths[i], "name": names[i], "width": image.shape[1], "height": image.shape[0],
-                     "image_score": round(result.image_score, 6), "manipulated": int(result.image_score >= args.threshold),
+                     "image_score": round(result.image_score, 6), "manipulated": int(result.image_score >= image_threshold),
                      "manipulated_area": round(area, 6)})
         progress.update(1)
     progress.close()
@@ -142,7 +151,7 @@ def localize(argv: list[str]) -> int:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "scores.csv", buf.getvalue().encode())
-    summary = {"model": args.model, "threshold": args.threshold, "images": rows,
+    summary = {"model": args.model, "pixel_threshold": pixel_threshold, "image_threshold": image_threshold, "images": rows,
                "failed": [{"path": p, "error": e} for p, e in failed]}
     atomic_write_json(out / "scores.json", summary)
     print(f"localized {len(rows)} image(s) in {elapsed:.1f}s; results in {out}/ (scores.csv, *_prob.png, *_mask.png"

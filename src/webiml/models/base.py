@@ -91,6 +91,12 @@ class IMLModel(
     """
 
     size_divisor: int = 32
+    pixel_threshold: float = 0.5
+    """Default binarisation threshold of the mask (``prob >= pixel_threshold``); saved with the model."""
+    image_threshold: float = 0.5
+    """Default image verdict: "manipulated" when the image score is ``>= image_threshold``. A calibrated
+    model (``webiml calibrate``) stores the threshold that calls a target share of held-out authentic
+    photos authentic; saved with the model."""
     pretrained_init_overrides: ClassVar[dict[str, Any]] = {"encoder_weights": None}
     """Constructor arguments replaced in a saved config: a checkpoint already holds the encoder's
     weights, so loading it must not fetch ImageNet weights again."""
@@ -124,6 +130,20 @@ class IMLModel(
         if ph or pw:
             out.aux_mask_logits = [_crop_fraction(a, h / x.shape[-2], w / x.shape[-1]) for a in out.aux_mask_logits]
         return out
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The default decision thresholds: ``{"pixel": ..., "image": ...}`` (saved in ``config.json``)."""
+        return {"pixel": float(self.pixel_threshold), "image": float(self.image_threshold)}
+
+    def set_thresholds(self, pixel: float | None = None, image: float | None = None) -> None:
+        """Set the default decision thresholds (each a finite number in [0, 1])."""
+        for name, value in (("pixel", pixel), ("image", image)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} threshold must be a number in [0, 1], got {value!r}")
+            setattr(self, f"{name}_threshold", float(value))
 
     # -- hub: config.json + model.safetensors (see webiml.hub) ---------------------------------------
     @property
