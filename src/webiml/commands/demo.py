@@ -51,7 +51,8 @@ def demo(argv: list[str]) -> int:
     from tqdm import tqdm
 
     from webiml.data.masks import target_from_mask
-    from webiml.data.synthetic import PhotoPool, synthesize
+    from webiml.data.photo_pool import PhotoPool
+    from webiml.data.synthetic import synthesize
     from webiml.hub import from_pretrained
     from webiml.inference import Localizer
     from webiml.io import atomic_write_json, save_image

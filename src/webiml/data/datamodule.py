@@ -317,7 +317,7 @@ def make_photo_pool(spec: str, split: str = "train", seed: int = 0, size: int = 
     photos are split 80/10/10 into train/val/test by a hash of the file name, so generated validation and
     test forgeries never reuse a training photo; procedural photos differ by seed.
     """
-    from webiml.data.synthetic import PhotoPool
+    from webiml.data.photo_pool import PhotoPool
 
     if spec == "procedural":
         return PhotoPool.procedural(size=(size, size), seed=seed)

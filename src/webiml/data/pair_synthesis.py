@@ -37,9 +37,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from webiml.data.forgeries import make_copy_move, make_removal, make_splice
 from webiml.data.pairs import CATEGORIES, FULL_BOX, PairCategory, PairRecord, read_pair_manifest, write_pair_manifest
-from webiml.data.synthetic import PhotoPool, jpeg_compress, make_copy_move, make_removal, make_splice, random_blob_mask
-from webiml.io import atomic_write_text, save_image
+from webiml.data.photo_pool import PhotoPool
+from webiml.data.regions import random_blob_mask
+from webiml.io import atomic_write_text, jpeg_compress, save_image
 
 __all__ = [
     "EDIT_KINDS",
