@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 # verb -> (one-line help, runner taking the remaining argv and returning an exit status)
 EXTRA_VERBS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
@@ -22,6 +23,27 @@ def register_verb(name: str, help_text: str) -> Callable[[Callable[[list[str]], 
         return fn
 
     return deco
+
+
+def text_table(rows: Sequence[Sequence[Any]], header: Sequence[str], align: str | None = None) -> str:
+    """A plain-text table for the verbs' output: a header, a rule, one line per row; ``align`` has one
+    letter per column, ``l`` (left) or ``r`` (right); default: the first column left, the others right."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in [[str(h) for h in header], *cells]) for i in range(len(header))]
+    align = align or "l" + "r" * (len(header) - 1)
+
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align, strict=False)).rstrip()
+
+    return "\n".join([fmt([str(h) for h in header]), fmt(["-" * w for w in widths]), *(fmt(r) for r in cells)])
+
+
+def split_key_value(text: str) -> tuple[str, str]:
+    """``"KEY=VALUE"`` -> ``(KEY, VALUE)``, both stripped; ``ValueError`` without ``=`` or with an empty key."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
 
 
 def _load_verbs() -> None:

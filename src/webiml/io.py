@@ -6,6 +6,7 @@ destination folder and an atomic rename.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -134,3 +135,12 @@ def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
     buf.seek(0)
     with Image.open(buf) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

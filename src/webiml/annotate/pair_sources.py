@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from webiml.io import ImageReadError, read_image
+from webiml.io import IMAGE_SUFFIXES, ImageReadError, read_image
 
 __all__ = ["PairFolderDataset", "PairSourceError", "PairSpec", "collate_pairs", "discover_pairs"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 ORIGINAL_STEMS = ("original", "0")
 FORGED_STEMS = ("forged", "1")
 

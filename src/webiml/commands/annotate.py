@@ -23,17 +23,18 @@ import argparse
 import json
 import logging
 
-from webiml.cli import register_verb
+from webiml.cli import register_verb, split_key_value
 
 
 def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key.strip(), json.loads(value)
+        key, value = split_key_value(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    try:
+        return key, json.loads(value)
     except json.JSONDecodeError:
-        return key.strip(), value
+        return key, value
 
 
 def _devices(text: str) -> int | str:

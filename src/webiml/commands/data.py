@@ -24,28 +24,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from webiml.cli import register_verb
-
-
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], align: str | None = None) -> str:
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in [list(header), *cells]) for i in range(len(header))]
-    align = align or "l" + "r" * (len(header) - 1)
-
-    def fmt(row: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align, strict=False)).rstrip()
-
-    return "\n".join([fmt(list(header)), fmt(["-" * w for w in widths]), *(fmt(r) for r in cells)])
+from webiml.cli import register_verb, split_key_value, text_table
 
 
 def _options(pairs: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for p in pairs:
-        key, sep, value = p.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--opt expects KEY=VALUE, got {p!r}")
-        out[key.strip()] = value.strip()
-    return out
+    try:
+        return dict(split_key_value(p) for p in pairs)
+    except ValueError as err:
+        raise ValueError(f"--opt: {err}") from None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -69,7 +55,7 @@ def _sources(name: str | None) -> int:
                 print(f"  {k:<12} {v}")
         return 0
     rows = [[n, s.title, s.masks, ",".join(s.options) or "-"] for n, s in SOURCES.items()]
-    print(_table(rows, ["source", "layout", "masks", "options"], "llll"))
+    print(text_table(rows, ["source", "layout", "masks", "options"], "llll"))
     print("\n`webiml data sources NAME` shows the directory tree a source expects.")
     return 0
 
@@ -150,7 +136,7 @@ def manifest_stats(records: Sequence[Any], workers: int = 4) -> str:
     rows.append(["total", total_m, len(records) - total_m, len(records),
                  sum(1 for r in records if r.ignore_band is not None),
                  f"{statistics.fmean([r.weight for r in records]):.3f}" if records else "-"])
-    out.append(_table(rows, ["source", "manipulated", "authentic", "total", "soft masks", "mean weight"]))
+    out.append(text_table(rows, ["source", "manipulated", "authentic", "total", "soft masks", "mean weight"]))
 
     sizes = [s for s, _ in info if s is not None]
     unreadable = sum(1 for s, _ in info if s is None)
@@ -162,7 +148,7 @@ def manifest_stats(records: Sequence[Any], workers: int = 4) -> str:
         ws, hs = [s[0] for s in sizes], [s[1] for s in sizes]
         out.append(f"image sizes (width x height): min {min(ws)}x{min(hs)}, median {int(statistics.median(ws))}x"
                    f"{int(statistics.median(hs))}, max {max(ws)}x{max(hs)}; {len(Counter(sizes))} distinct sizes")
-        out.append(_table([[lab, bins[lab], _bar(bins[lab], len(sizes))] for lab in labels],
+        out.append(text_table([[lab, bins[lab], _bar(bins[lab], len(sizes))] for lab in labels],
                           ["long side", "images", ""], "lrl"))
     if unreadable:
         out.append(f"unreadable images: {unreadable}")
@@ -177,7 +163,7 @@ def manifest_stats(records: Sequence[Any], workers: int = 4) -> str:
             rows.append([f"{lo * 100:g}-{hi * 100:g} %", n, _bar(n, len(areas))])
         out.append(f"manipulated area of {len(areas)} manipulated images: mean {statistics.fmean(areas) * 100:.1f} %, "
                    f"median {statistics.median(areas) * 100:.1f} %")
-        out.append(_table(rows, ["area", "images", ""], "lrl"))
+        out.append(text_table(rows, ["area", "images", ""], "lrl"))
     return "\n".join(out)
 
 
@@ -203,7 +189,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _verify_one(job: tuple[str, str | None]) -> str:
-    from webiml.data.sources.indexing import sha256_file
+    from webiml.io import sha256_file
 
     path, expected = job
     if not os.path.isfile(path):

@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from webiml.cli import register_verb
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*map(str, r)) for r in rows]
-    return "\n".join(lines)
+from webiml.cli import register_verb, text_table
 
 
 @register_verb("zoo", "list the model zoo or show one model (zoo list [PATTERN] | zoo info NAME)")
@@ -39,7 +31,7 @@ def zoo(argv: list[str]) -> int:
             best = next((m for m in e.metrics if "pixel_f1" in m), None)
             rows.append([n, e.status, e.task, e.architecture, e.license_short,
                          f"{best['pixel_f1']:.3f} ({best.get('dataset', '?')})" if best else "-"])
-        print(_table(rows, ["name", "status", "task", "architecture", "licence", "pixel F1"]) if rows else "no model matches")
+        print(text_table(rows, ["name", "status", "task", "architecture", "licence", "pixel F1"], "l" * 6) if rows else "no model matches")
         return 0
     if args.name not in entries:
         print(f"unknown model {args.name!r}; see `webiml zoo list`")
@@ -59,7 +51,7 @@ def zoo(argv: list[str]) -> int:
         print(f"training.{key}: {value}")
     if e.metrics:
         cols = sorted({k for m in e.metrics for k in m} - {"command"})
-        print("\nmetrics:\n" + _table([[str(m.get(c, "")) for c in cols] for m in e.metrics], cols))
+        print("\nmetrics:\n" + text_table([[str(m.get(c, "")) for c in cols] for m in e.metrics], cols, "l" * len(cols)))
         for m in e.metrics:
             print(f"  measured with: {m['command']}")
     if e.notes:

@@ -19,11 +19,10 @@ from torch.utils.data import Dataset
 from webiml.data.manifest import ManifestRecord, read_manifest
 from webiml.data.masks import target_from_mask
 from webiml.data.transforms import collate_iml
-from webiml.io import ImageReadError, read_image, read_mask
+from webiml.io import IMAGE_SUFFIXES, ImageReadError, read_image, read_mask
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
 class SampleError(ValueError):

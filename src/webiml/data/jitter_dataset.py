@@ -13,7 +13,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -24,10 +23,11 @@ import numpy as np
 
 from webiml.data.arrays import resize_bool, resize_rgb
 from webiml.data.coco import CocoInstances
+from webiml.data.generated import params_unchanged, write_params
 from webiml.data.jitter import JITTER_KIND, object_jitter
 from webiml.data.manifest import ManifestRecord, read_manifest, write_manifest
 from webiml.data.photo_pool import PhotoPool
-from webiml.io import atomic_write_text, jpeg_compress, save_image
+from webiml.io import jpeg_compress, save_image
 
 __all__ = ["InstanceSource", "main", "write_jitter_dataset"]
 
@@ -163,14 +163,10 @@ def write_jitter_dataset(
               "max_area": float(max_area), "instances": getattr(instances, "signature", repr(instances))}
     manifest_path = Path(manifest) if manifest is not None else out / "manifest.jsonl"
     params_path = out / "params.json"
-    if not overwrite and manifest_path.is_file() and params_path.is_file():
-        try:
-            same = json.loads(params_path.read_text(encoding="utf-8")) == json.loads(json.dumps(params))
-            if same and all(Path(r.image).is_file() and r.mask is not None and Path(r.mask).is_file()
-                            for r in read_manifest(manifest_path)):
-                return manifest_path
-        except (ValueError, OSError):
-            pass
+    if not overwrite and manifest_path.is_file() and params_unchanged(
+            params_path, params, lambda: all(Path(r.image).is_file() and r.mask is not None and Path(r.mask).is_file()
+                                             for r in read_manifest(manifest_path))):
+        return manifest_path
     params_path.unlink(missing_ok=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -187,7 +183,7 @@ def write_jitter_dataset(
     else:
         records = [_write_sample(job, i) for i in range(int(n))]
     write_manifest(manifest_path, records)
-    atomic_write_text(params_path, json.dumps(params, indent=1, sort_keys=True) + "\n")
+    write_params(params_path, params)
     return manifest_path
 
 

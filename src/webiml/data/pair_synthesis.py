@@ -26,7 +26,6 @@ degradation the reference *is* the original.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -38,10 +37,11 @@ import numpy as np
 from PIL import Image
 
 from webiml.data.forgeries import make_copy_move, make_removal, make_splice
+from webiml.data.generated import params_unchanged, write_params
 from webiml.data.pairs import CATEGORIES, FULL_BOX, PairCategory, PairRecord, read_pair_manifest, write_pair_manifest
 from webiml.data.photo_pool import PhotoPool
 from webiml.data.regions import random_blob_mask
-from webiml.io import atomic_write_text, jpeg_compress, save_image
+from webiml.io import jpeg_compress, save_image
 
 __all__ = [
     "EDIT_KINDS",
@@ -478,6 +478,13 @@ def synthesize_pair(
     return make_unrelated_pair(pool, rng, size=size, degrade=degrade)
 
 
+def _pairs_exist(manifest: Path, n: int) -> bool:
+    """Whether ``manifest`` lists ``n`` pairs whose files all exist."""
+    recs = read_pair_manifest(manifest)
+    paths = [p for r in recs for p in (r.original, r.forged, r.mask, r.source_mask) if p is not None]
+    return len(recs) == n and all(Path(p).is_file() for p in paths)
+
+
 def write_pair_dataset(
     out_dir: str | os.PathLike[str],
     n: int,
@@ -513,16 +520,8 @@ def write_pair_dataset(
     params_path = out / "params.json"
     if label_tolerance:  # recorded only when used, so caches written before the option stay valid
         params["label_tolerance"] = int(label_tolerance)
-    if not overwrite and manifest.is_file() and params_path.is_file():
-        try:
-            same = json.loads(params_path.read_text(encoding="utf-8")) == json.loads(json.dumps(params))
-            if same:
-                recs = read_pair_manifest(manifest)
-                paths = [p for r in recs for p in (r.original, r.forged, r.mask, r.source_mask) if p is not None]
-                if len(recs) == n and all(Path(p).is_file() for p in paths):
-                    return manifest
-        except (ValueError, OSError):
-            pass
+    if not overwrite and manifest.is_file() and params_unchanged(params_path, params, lambda: _pairs_exist(manifest, n)):
+        return manifest
     records = []
     cats = dict(zip(names, probs.tolist(), strict=True))
     for i in range(int(n)):
@@ -542,7 +541,7 @@ def write_pair_dataset(
             extra={"info": _jsonable(pair.info)},
         ))
     write_pair_manifest(manifest, records)
-    atomic_write_text(params_path, json.dumps(params, indent=2, sort_keys=True))
+    write_params(params_path, params)
     return manifest
 
 

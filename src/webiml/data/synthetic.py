@@ -16,7 +16,6 @@ still importable from here.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -26,11 +25,12 @@ import numpy as np
 
 from webiml.data.arrays import resize_bool, resize_rgb
 from webiml.data.forgeries import Forgery, make_copy_move, make_removal, make_splice, random_scale
+from webiml.data.generated import params_unchanged, write_params
 from webiml.data.manifest import ManifestRecord, read_manifest, write_manifest
 from webiml.data.photo_pool import PhotoPool
 from webiml.data.procedural import GENERATOR_VERSION, procedural_scene
 from webiml.data.regions import random_blob_mask
-from webiml.io import atomic_write_text, jpeg_compress, save_image
+from webiml.io import jpeg_compress, save_image
 
 __all__ = [
     "KINDS",
@@ -161,14 +161,10 @@ def write_synthetic_dataset(out_dir: str | os.PathLike[str], n: int, *, seed: in
               "kinds": list(kinds), "p_jpeg": float(p_jpeg), "pool": pool.signature}
     manifest = out / "manifest.jsonl"
     params_path = out / "params.json"
-    if not overwrite and manifest.is_file() and params_path.is_file():
-        try:
-            same = json.loads(params_path.read_text(encoding="utf-8")) == json.loads(json.dumps(params))
-            if same and all(Path(r.image).is_file() and (r.mask is None or Path(r.mask).is_file())
-                            for r in read_manifest(manifest)):
-                return manifest
-        except (ValueError, OSError):
-            pass
+    if not overwrite and manifest.is_file() and params_unchanged(
+            params_path, params, lambda: all(Path(r.image).is_file() and (r.mask is None or Path(r.mask).is_file())
+                                             for r in read_manifest(manifest))):
+        return manifest
     params_path.unlink(missing_ok=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -194,6 +190,6 @@ def write_synthetic_dataset(out_dir: str | os.PathLike[str], n: int, *, seed: in
         records.append(ManifestRecord(str(img_path), str(mask_path) if f.label else None, f.label, source,
                                       extra={"kind": f.kind}))
     write_manifest(manifest, records)
-    atomic_write_text(params_path, json.dumps(params, indent=1, sort_keys=True) + "\n")
+    write_params(params_path, params)
     return manifest
 

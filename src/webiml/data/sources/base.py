@@ -32,9 +32,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from webiml.io import ImageReadError, read_mask
+from webiml.io import IMAGE_SUFFIXES, ImageReadError, read_mask
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".npz")
 # Name suffixes that mark a mask file of the same stem as its image ("x_gt.png" pairs with "x.jpg").
 MASK_NAME_SUFFIXES = ("_gt", "-gt", "_mask", "-mask", "_groundtruth", "_ground_truth", "_forged", ".mask")

@@ -31,7 +31,6 @@ when the mask was decoded), ``mask_source`` (the raw mask of a converted one) an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -50,7 +49,7 @@ from PIL import Image, UnidentifiedImageError
 from webiml.data.manifest import ManifestRecord, write_manifest
 from webiml.data.masks import BINARY, IgnoreBand
 from webiml.data.sources.base import Candidate, Source, decode_mask
-from webiml.io import ImageReadError, atomic_write_text, save_image
+from webiml.io import ImageReadError, atomic_write_text, save_image, sha256_file
 
 POLICIES = ("fix", "skip", "fail")
 CHECKS = ("full", "header", "none")
@@ -96,14 +95,6 @@ class CheckOptions:
     sha256: bool = False
     cache_dir: str = "masks"
     root: str = "."
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def image_size(path: str, check: str) -> tuple[int, int] | None:
