@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from webiml.io import hwc_to_chw
+
 __all__ = [
     "AlignResult",
     "Registration",
@@ -94,7 +96,7 @@ def _as_chw(image: Tensor | np.ndarray) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) array, got shape {image.shape}")
-        return torch.from_numpy(np.array(image, dtype=image.dtype, copy=True)).permute(2, 0, 1)
+        return hwc_to_chw(image)
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(image.shape)}")
     return image

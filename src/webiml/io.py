@@ -144,3 +144,11 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def hwc_to_chw(image: np.ndarray) -> Any:
+    """An (H, W, C) array as a contiguous (C, H, W) ``torch.Tensor`` of the same dtype, never sharing memory
+    with ``image`` (torch is imported here, so the rest of this module stays torch-free)."""
+    import torch
+
+    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).contiguous()

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from webiml.align import align_pair, gaussian_blur_float, photometric_match, shrink_to_max_side
 from webiml.annotate.caaa import AnnotationResult
+from webiml.io import hwc_to_chw
 
 __all__ = ["BaselineAnnotator", "DifferenceAnnotator", "as_chw_uint8"]
 
@@ -42,7 +43,7 @@ def as_chw_uint8(image: Tensor | np.ndarray) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) image array, got shape {image.shape}")
-        image = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
+        image = hwc_to_chw(image)
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
     if image.dtype != torch.uint8:

@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch.utils.data import Dataset
 
-from webiml.io import IMAGE_SUFFIXES, ImageReadError, read_image
+from webiml.io import IMAGE_SUFFIXES, ImageReadError, hwc_to_chw, read_image
 
 __all__ = ["PairFolderDataset", "PairSourceError", "PairSpec", "collate_pairs", "discover_pairs"]
 
@@ -156,10 +154,6 @@ def discover_pairs(source: str | os.PathLike[str]) -> list[PairSpec]:
 # data
 
 
-def _chw(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).contiguous()
-
-
 class PairFolderDataset(Dataset):
     """Decodes pairs (in DataLoader workers). Never raises on bad files: the item carries the error."""
 
@@ -173,8 +167,8 @@ class PairFolderDataset(Dataset):
         spec = self.specs[index]
         item: dict[str, Any] = {"index": index, "pair_id": spec.pair_id, "original": None, "forged": None, "error": None}
         try:
-            item["original"] = _chw(read_image(spec.original))
-            item["forged"] = _chw(read_image(spec.forged))
+            item["original"] = hwc_to_chw(read_image(spec.original))
+            item["forged"] = hwc_to_chw(read_image(spec.forged))
         except (ImageReadError, OSError, ValueError) as err:
             item["original"] = item["forged"] = None
             item["error"] = str(err)

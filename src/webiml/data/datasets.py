@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from webiml.data.manifest import ManifestRecord, read_manifest
 from webiml.data.masks import target_from_mask
 from webiml.data.transforms import collate_iml
-from webiml.io import IMAGE_SUFFIXES, ImageReadError, read_image, read_mask
+from webiml.io import IMAGE_SUFFIXES, ImageReadError, hwc_to_chw, read_image, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def load_sample(record: ManifestRecord) -> dict[str, Any]:
     else:
         target = torch.zeros(1, h, w)
     return {
-        "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+        "image": hwc_to_chw(image),
         "mask": target,
         "label": torch.tensor(float(record.label)),
         "weight": torch.tensor(float(record.weight)),

@@ -31,7 +31,7 @@ from webiml.data.datamodule import split_photo_pool
 from webiml.data.masks import IGNORE, target_from_mask
 from webiml.data.pair_synthesis import make_pool, write_pair_dataset
 from webiml.data.pairs import PairCategory, PairRecord, read_pair_manifest
-from webiml.io import read_image, read_mask
+from webiml.io import hwc_to_chw, read_image, read_mask
 
 __all__ = ["MODES", "PairDataModule", "PairDataset"]
 
@@ -47,10 +47,6 @@ _MODE_CATEGORIES = {
     "sdg": (PairCategory.SDG, PairCategory.UNRELATED),
 }
 
-
-
-def _chw(image: np.ndarray) -> Tensor:
-    return torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous()
 
 
 def _resize_u8(image: Tensor, size: tuple[int, int]) -> Tensor:
@@ -131,8 +127,8 @@ class PairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        original = _chw(read_image(rec.original))
-        forged = _chw(read_image(rec.forged))
+        original = hwc_to_chw(read_image(rec.original))
+        forged = hwc_to_chw(read_image(rec.forged))
         fhw = (int(forged.shape[1]), int(forged.shape[2]))
         ohw = (int(original.shape[1]), int(original.shape[2]))
         is_spg = rec.category == PairCategory.SPG
