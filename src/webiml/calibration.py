@@ -9,12 +9,13 @@ positive rate is reported afterwards.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
+
+from webiml.io import jpeg_compress
 
 VARIANTS: tuple[str, ...] = ("original", "jpeg90", "jpeg75", "resize0.5")
 """Versions of each authentic photo scored during calibration (re-compressed and down-up resized copies)."""
@@ -25,9 +26,7 @@ def authentic_variant(image: np.ndarray, variant: str) -> np.ndarray:
     if variant == "original":
         return image
     if variant.startswith("jpeg"):
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="JPEG", quality=int(variant[4:]))
-        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        return jpeg_compress(image, int(variant[4:]))
     if variant.startswith("resize"):
         scale = float(variant[6:])
         h, w = image.shape[:2]

@@ -27,6 +27,7 @@ from webiml.data.datamodule import SyntheticIMLDataModule, make_photo_pool
 from webiml.data.datasets import ManifestDataset, collate_skip_broken
 from webiml.data.masks import target_from_mask
 from webiml.data.transforms import make_train_transform
+from webiml.io import hwc_to_chw, jpeg_compress
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class OnlineSyntheticDataset(Dataset):
     def forgery(self, index: int) -> Any:
         """The :class:`~webiml.data.synthetic.Forgery` of ``index`` (before the training transform)."""
         from webiml.data.jitter import object_jitter
-        from webiml.data.synthetic import _fit, jpeg_compress, synthesize
+        from webiml.data.synthetic import fit_photo, synthesize
 
         if index < 0:
             raise IndexError(f"sample index must be >= 0, got {index}")
@@ -120,7 +121,7 @@ class OnlineSyntheticDataset(Dataset):
         if kind == "jitter":
             for _ in range(10):
                 photo, regions = self.pool.sample(rng)
-                photo, regions = _fit(photo, regions, size)
+                photo, regions = fit_photo(photo, regions, size)
                 forgery = object_jitter(photo, regions, rng, second_min_candidates=2)
                 if forgery is not None:
                     if rng.random() < self.p_jpeg:
@@ -132,7 +133,7 @@ class OnlineSyntheticDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         f = self.forgery(int(index))
         sample = {
-            "image": torch.from_numpy(np.array(f.image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous(),
+            "image": hwc_to_chw(f.image),
             "mask": target_from_mask(f.mask)[None],
             "label": torch.tensor(float(f.label)),
             "weight": torch.tensor(1.0),

@@ -36,6 +36,7 @@ __all__ = [
     "KINDS",
     "Forgery",  # re-exported (webiml.data.forgeries)
     "PhotoPool",  # re-exported (webiml.data.photo_pool)
+    "fit_photo",
     "jpeg_compress",  # re-exported (webiml.io)
     "procedural_scene",  # re-exported (webiml.data.procedural)
     "random_blob_mask",  # re-exported (webiml.data.regions)
@@ -46,7 +47,7 @@ __all__ = [
 KINDS: tuple[str, ...] = ("splice", "copy_move", "removal")
 
 
-def _fit(image: np.ndarray, regions: list[np.ndarray], size: tuple[int, int]
+def fit_photo(image: np.ndarray, regions: list[np.ndarray], size: tuple[int, int]
          ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Resize (bilinear; masks nearest) so the photo covers ``size``, then center-crop to it."""
     th, tw = int(size[0]), int(size[1])
@@ -96,7 +97,7 @@ def synthesize(pool: PhotoPool, rng: np.random.Generator, *, kinds: Sequence[str
         kind = "authentic" if (not kinds or rng.random() < p_authentic) else kinds[int(rng.integers(len(kinds)))]
         photo, regions = pool.sample(rng)
         if size is not None:
-            photo, regions = _fit(photo, regions, size)
+            photo, regions = fit_photo(photo, regions, size)
         use_jpeg = bool(rng.random() < p_jpeg)
         q1 = int(rng.integers(q1_range[0], q1_range[1] + 1))
         q2 = int(rng.integers(q2_range[0], q2_range[1] + 1))
