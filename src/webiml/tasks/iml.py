@@ -4,30 +4,33 @@ Training: losses from :class:`~webiml.tasks.losses.IMLLoss`, AdamW with optional
 linear warmup then cosine / poly / constant schedule, optional batch-level GPU augmentation applied after
 the batch reaches the device. Evaluation: predictions are mapped back to each image's original
 resolution and scored with :mod:`webiml.metrics`, one metric set per evaluation set (dataloader).
+What every task shares (hyperparameters, checkpoint hooks, batch transfer, optimiser, metrics per evaluation
+set built in ``setup()``, export) is :class:`webiml.tasks.base.BaseTask`; ``export_checkpoint`` is
+:func:`webiml.tasks.base.export_checkpoint`, re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
-from torch import Tensor, nn
+from torch import Tensor
+from torchmetrics import MetricCollection
 
 from webiml.data.transforms import GpuAugment, restore_prediction
 from webiml.io import atomic_write_json
 from webiml.metrics import ImageMetrics, PixelMetrics, flatten_results
 from webiml.models.base import IMLModel, IMLOutput
+from webiml.tasks.base import BaseTask, export_checkpoint
 from webiml.tasks.losses import IMLLoss
-from webiml.tasks.optim import adamw_with_schedule
+
+__all__ = ["IMLTask", "export_checkpoint", "load_pretrained_weights"]
 
 log = logging.getLogger(__name__)
 
 
-class IMLTask(L.LightningModule):
+class IMLTask(BaseTask):
     """Lightning task wrapping an IML model.
 
     Args:
@@ -70,123 +73,41 @@ class IMLTask(L.LightningModule):
         init_weights: str | None = None,
         freeze_encoder: bool = False,
     ) -> None:
-        super().__init__()
-        # Under LightningCLI the hparams are the parsed config (plain class_path dicts), which is what lets
-        # `--ckpt_path` restore the model; used directly from Python, modules are replaced by their configs.
-        self.save_hyperparameters()
-        for key, module in (("net", net), ("gpu_augment", gpu_augment)):
-            if isinstance(self.hparams.get(key), nn.Module):
-                self.hparams[key] = {"class_path": f"{type(module).__module__}.{type(module).__name__}",
-                                     "init_args": getattr(module, "config", {})}
-        if net is None:
-            if init_weights is None:
-                raise ValueError("IMLTask needs a net, or init_weights naming a pretrained model to start from")
-            from webiml.hub import from_pretrained
-
-            net = from_pretrained(init_weights).train()
-        elif init_weights is not None:
-            load_pretrained_weights(net, init_weights)
-        if freeze_encoder:
-            encoder = getattr(net, "encoder", None)
-            if encoder is None:
-                raise ValueError(f"freeze_encoder: {type(net).__name__} has no 'encoder' attribute")
-            encoder.requires_grad_(False)
-        self.net = net
+        super().__init__()  # hyperparameters: the net (and gpu_augment) stored as class_path configs
+        self.net = self.build_net(net, init_weights, freeze_encoder)
         self.criterion = IMLLoss(bce_weight, dice_weight, ohem_thresh, ohem_min_kept, image_loss_weight, aux_weights, pos_weight)
         self.gpu_augment = gpu_augment
-        self.eval_metrics = nn.ModuleDict()
-        self._stage_names: dict[str, list[str]] = {}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # What `webiml export` needs to rebuild the net without the training config.
-        checkpoint["webiml_net"] = {"architecture": type(self.net).__name__, "config": self.net.config}
+    @staticmethod
+    def load_init_weights(net: IMLModel, name_or_path: str) -> None:  # type: ignore[override]
+        """``init_weights`` with a net: strict, same architecture (:func:`load_pretrained_weights`)."""
+        load_pretrained_weights(net, name_or_path)
 
-    # -- data on the device -------------------------------------------------------------------
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Photometric augmentation (training only) and normalisation happen here, on the device."""
-        if batch is None:
-            return batch
-        images = batch["image"]
-        if self.trainer is not None and self.trainer.training and self.gpu_augment is not None:
-            images = self.gpu_augment(images)
-        batch["image"] = self.net.normalize(images)
+    def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Photometric augmentation (training only), on the device, before normalisation."""
+        if self.gpu_augment is not None:
+            batch["image"] = self.gpu_augment(batch["image"])
         return batch
 
-    def forward(self, images: Tensor) -> IMLOutput:
-        return self.net(images)
+    def losses(self, out: IMLOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return self.criterion(out, batch["mask"], batch.get("label"), batch.get("weight"))
 
-    # -- training -----------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        if batch is None:
-            return None
-        out = self.net(batch["image"])
-        parts = self.criterion(out, batch["mask"], batch.get("label"), batch.get("weight"))
-        bs = batch["image"].shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items() if k != "loss"}, batch_size=bs)
-        self.log("train/loss", parts["loss"].detach(), batch_size=bs, prog_bar=True)
-        return parts["loss"]
+    # -- evaluation: per-eval-set metrics at original resolution --------------------------------
+    def configure_metrics(self) -> MetricCollection:
+        threshold = self.hparams.threshold
+        return MetricCollection({"pixel": PixelMetrics(threshold=threshold), "image": ImageMetrics(threshold=threshold)},
+                                compute_groups=False)
 
-    # -- evaluation ---------------------------------------------------------------------------
-    def _names(self, stage: str) -> list[str]:
-        if stage not in self._stage_names:
-            dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-            names = list(dm.eval_names(stage)) if dm is not None and hasattr(dm, "eval_names") else []
-            self._stage_names[stage] = names or ["default"]
-        return self._stage_names[stage]
-
-    def _metrics(self, stage: str, idx: int) -> nn.ModuleDict:
-        key = f"{stage}__{self._names(stage)[idx] if idx < len(self._names(stage)) else idx}"
-        if key not in self.eval_metrics:
-            self.eval_metrics[key] = nn.ModuleDict(
-                {"pixel": PixelMetrics(threshold=self.hparams.threshold), "image": ImageMetrics(threshold=self.hparams.threshold)}
-            ).to(self.device)
-        return self.eval_metrics[key]
-
-    def _eval_step(self, stage: str, batch: dict[str, Any], dataloader_idx: int) -> None:
-        if batch is None:
-            return
-        out = self.net(batch["image"])
-        bs = batch["image"].shape[0]
-        parts = self.criterion(out, batch["mask"], batch.get("label"), batch.get("weight"))
-        self.log(f"{stage}/loss", parts["loss"], batch_size=bs, add_dataloader_idx=True, sync_dist=True)
+    def update_metrics(self, stage: str, metrics: MetricCollection, out: IMLOutput, batch: dict[str, Any],
+                       parts: dict[str, Tensor]) -> None:
         probs = out.mask_logits.sigmoid().float()
-        restored = [_restore(probs[i], batch, i) for i in range(bs)]
+        restored = [_restore(probs[i], batch, i) for i in range(probs.shape[0])]
         targets = [t.to(self.device) for t in batch["mask_orig"]]
-        metrics = self._metrics(stage, dataloader_idx)
         metrics["pixel"].update(restored, targets)
         metrics["image"].update(out.image_probs().float(), batch["label"])
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, dataloader_idx)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, dataloader_idx)
-
-    def _eval_epoch_end(self, stage: str) -> dict[str, float]:
-        results: dict[str, float] = {}
-        per_set: list[dict[str, float]] = []
-        for name in self._names(stage):
-            key = f"{stage}__{name}"
-            if key not in self.eval_metrics:
-                continue
-            m = self.eval_metrics[key]
-            flat = flatten_results(m["pixel"].compute(), m["image"].compute(), prefix="")
-            m["pixel"].reset()
-            m["image"].reset()
-            per_set.append(flat)
-            for k, v in flat.items():
-                results[f"{stage}/{name}/{k}"] = v
-        if per_set:
-            # The mean over evaluation sets is what checkpointing and early stopping monitor.
-            for k in per_set[0]:
-                vals = [s[k] for s in per_set if not math.isnan(s[k])]
-                results[f"{stage}/{k}"] = sum(vals) / len(vals) if vals else float("nan")
-        # Metrics are already synchronised across processes by torchmetrics.
-        self.log_dict(results, sync_dist=False, add_dataloader_idx=False)
-        return results
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
+    def compute_metrics(self, metrics: MetricCollection) -> dict[str, float]:
+        return flatten_results(metrics["pixel"].compute(), metrics["image"].compute(), prefix="")
 
     def on_test_epoch_end(self) -> None:
         results = self._eval_epoch_end("test")
@@ -210,15 +131,6 @@ class IMLTask(L.LightningModule):
             })
         return results
 
-    # -- optimisation -------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        return adamw_with_schedule(
-            self.net, lr=hp.lr, weight_decay=hp.weight_decay, total_steps=total, layer_decay=hp.layer_decay,
-            schedule=hp.schedule, warmup_steps=hp.warmup_steps, min_lr_ratio=hp.min_lr_ratio, poly_power=hp.poly_power,
-        )
-
 
 def _restore(probs: Tensor, batch: dict[str, Any], i: int) -> Tensor:
     """Map sample ``i``'s probabilities back to its original resolution (clamped: resampling may overshoot by ulps)."""
@@ -236,33 +148,3 @@ def load_pretrained_weights(net: IMLModel, name_or_path: str) -> None:
         net.load_state_dict(source.state_dict(), strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"init_weights {name_or_path!r} does not fit the configured net: {str(err)[:500]}") from None
-
-
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, **card: Any) -> Path:
-    """Turn a Lightning checkpoint of :class:`IMLTask` into a ``from_pretrained`` folder.
-
-    The checkpoint is read with ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
-    """
-    from webiml.hub import CheckpointError, build_model, save_pretrained
-
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{checkpoint}: file not found") from None
-    except Exception as err:
-        raise CheckpointError(f"{checkpoint}: not a readable Lightning checkpoint with plain data ({str(err)[:300]})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{checkpoint}: no 'state_dict'; not a Lightning checkpoint")
-    info = ckpt.get("webiml_net")
-    if not info:
-        raise CheckpointError(f"{checkpoint}: no 'webiml_net' entry; was it written by `webiml fit` with IMLTask?")
-    model = build_model(info["architecture"], info["config"], where=str(checkpoint))
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{checkpoint}: weights do not fit {info['architecture']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    metrics = {k: float(v) for cb in ckpt.get("callbacks", {}).values() if isinstance(cb, dict)
-               for k, v in [("best " + str(cb.get("monitor")), cb.get("best_model_score"))] if v is not None}
-    card.setdefault("metrics", "\n".join(f"- {k}: {v:.4f}" for k, v in metrics.items()) or None)
-    save_pretrained(model, out_dir, **{k: v for k, v in card.items() if v is not None})
-    return Path(out_dir)
