@@ -113,3 +113,13 @@ def test_calibrate_picks_threshold_on_authentic_photos_and_saves_it(tmp_path: Pa
     scores = [loc.localize(authentic_variant(np.asarray(Image.open(p).convert("RGB")), v)).image_score
               for p in sorted(photos.iterdir()) for v in VARIANTS]
     assert np.mean(np.array(scores) < model.image_threshold) >= 0.9
+
+
+def test_localize_refuses_a_pair_part_in_one_line(tmp_path: Path, capsys) -> None:
+    from webiml.models.caaa import SPGSegmenter
+
+    SPGSegmenter(encoder_weights=None).save_pretrained(tmp_path / "spg")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["localize", str(tmp_path / "a.png"), "-m", str(tmp_path / "spg"), "-o", str(tmp_path / "o")]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("error: ") and "SPGSegmenter" in out and "Traceback" not in out

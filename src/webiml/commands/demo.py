@@ -63,7 +63,14 @@ def demo(argv: list[str]) -> int:
     _write_photos(out / "photos")
     pool = PhotoPool.from_folder(out / "photos", max_side=512)
     rng = np.random.default_rng(args.seed)
-    model = from_pretrained(args.model)
+    from webiml.hub import CheckpointError
+    from webiml.models.base import IMLModel
+
+    try:
+        model = from_pretrained(args.model, model_class=IMLModel)
+    except CheckpointError as err:
+        print(f"error: {err}")
+        return 2
     localizer = Localizer(model, device=args.device)
     pixel, image_m = PixelMetrics(), ImageMetrics()
     rows: list[ReportRow] = []

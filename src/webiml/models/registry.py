@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from webiml.models.base import HubModel, IMLModel
+    from webiml.models.base import HubModel
 
 __all__ = ["architecture_of", "create_model", "is_architecture", "list_models", "model_class", "register_model"]
 
