@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
 from webiml.cli import register_verb, split_key_value
 
@@ -75,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
 @register_verb("annotate", "annotate (original, forged) pairs: soft masks, QES, a training manifest")
 def annotate(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from webiml.annotate.pair_sources import PairSourceError
     from webiml.annotate.pipeline import annotate_pairs
     from webiml.annotate.qes import QESConfig

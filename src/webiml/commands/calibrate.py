@@ -73,7 +73,6 @@ def calibrate(argv: list[str]) -> int:
     from webiml.inference import Localizer
     from webiml.io import ImageReadError, atomic_write_text, read_image
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         paths = authentic_paths(args.authentic)
     except (FileNotFoundError, ValueError) as err:

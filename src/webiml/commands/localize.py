@@ -94,7 +94,6 @@ def localize(argv: list[str]) -> int:
     from webiml.io import atomic_write_bytes, atomic_write_json, save_image
     from webiml.viz import overlay
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         paths = [r.image for r in records_from_paths(args.inputs)]
     except FileNotFoundError as err:
