@@ -87,6 +87,15 @@ def test_fit_validate_test_predict_round_trip(tmp_path: Path, tiny_dataset: Path
     assert results["test/tinyval/pixel_f1"] == pytest.approx(val["val/tinyval/pixel_f1"], abs=1e-6)
 
     main(["predict", "--config", str(cfg), "--ckpt_path", str(ckpt)])
+    scores = _latest(tmp_path, "scores.json")  # PredictionWriter, a default callback: files like localize's
+    predicted = json.loads(scores.read_text())
+    images = sorted((tiny_dataset / "test" / "images").iterdir())
+    assert [Path(r["path"]).name for r in predicted["images"]] == [p.name for p in images]
+    assert predicted["pixel_threshold"] == 0.5 and all(r["manipulated"] in (0, 1) for r in predicted["images"])
+    for r in predicted["images"]:
+        assert (scores.parent / f"{r['name']}_prob.png").is_file() and (scores.parent / f"{r['name']}_mask.png").is_file()
+    assert (scores.parent / "scores.csv").read_text().count("\n") == len(images) + 1
+    assert not list(scores.parent.glob("scores.rank*"))
 
     out = tmp_path / "exported"
     assert main(["export", str(ckpt), str(out)]) == 0

@@ -74,13 +74,14 @@ def _webiml_cli_class() -> type:
     # Imported so that their classes resolve by short name too (e.g. `--model IMLTask`).
     import webiml.data.datamodule  # noqa: F401
     import webiml.tasks.iml  # noqa: F401
-    from webiml.callbacks import MetricsSummary
+    from webiml.callbacks import MetricsSummary, PredictionWriter
     from webiml.results import ResultsTable
 
     class WebimlCLI(LightningCLI):
         """Subclass mode over any LightningModule / LightningDataModule (IMLTask, the CAAAv2 pair tasks, ...),
-        seed 0, config saved next to the logs, and two callbacks on every run: the final validation table
-        (MetricsSummary) and the per-dataset results table of `test` (ResultsTable)."""
+        seed 0, config saved next to the logs, and three callbacks on every run: the final validation table
+        (MetricsSummary), the per-dataset results table of `test` (ResultsTable) and the files of `predict`
+        (PredictionWriter: probability PNGs, masks, scores.csv / scores.json under <log_dir>/predictions)."""
 
         def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
             verbs = "".join(f"\n  {name:<10} {text}" for name, (text, _) in sorted(EXTRA_VERBS.items()))
@@ -92,7 +93,7 @@ def _webiml_cli_class() -> type:
                 seed_everything_default=0,
                 save_config_kwargs={"overwrite": True},
                 auto_configure_optimizers=False,
-                trainer_defaults={"callbacks": [MetricsSummary(), ResultsTable()]},
+                trainer_defaults={"callbacks": [MetricsSummary(), ResultsTable(), PredictionWriter()]},
                 parser_kwargs={
                     "description": "webiml: image manipulation localization with PyTorch Lightning.\n"
                     "Training and evaluation: fit, validate, test, predict (LightningCLI)."

@@ -10,8 +10,6 @@ it writes ``<name>_prob.png`` (probability 0-255), ``<name>_mask.png`` (binary a
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import time
 from pathlib import Path
@@ -91,7 +89,8 @@ def localize(argv: list[str]) -> int:
     from webiml.data.datasets import records_from_paths
     from webiml.hub import from_pretrained
     from webiml.inference import Localizer
-    from webiml.io import atomic_write_bytes, atomic_write_json, save_image
+    from webiml.io import save_image
+    from webiml.reports import write_scores
     from webiml.viz import overlay
 
     try:
@@ -151,15 +150,8 @@ def localize(argv: list[str]) -> int:
         progress.update(1)
     progress.close()
     elapsed = time.perf_counter() - start
-    buf = io.StringIO()
-    fields = ["path", "name", "width", "height", "image_score", "manipulated", "manipulated_area"]
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(out / "scores.csv", buf.getvalue().encode())
-    summary = {"model": args.model, "pixel_threshold": pixel_threshold, "image_threshold": image_threshold, "images": rows,
-               "failed": [{"path": p, "error": e} for p, e in failed]}
-    atomic_write_json(out / "scores.json", summary)
+    write_scores(out, rows, {"model": args.model, "pixel_threshold": pixel_threshold, "image_threshold": image_threshold,
+                             "failed": [{"path": p, "error": e} for p, e in failed]})
     print(f"localized {len(rows)} image(s) in {elapsed:.1f}s; results in {out}/ (scores.csv, *_prob.png, *_mask.png"
           + ("" if args.no_overlay else ", *_overlay.jpg") + ")")
     if failed:
