@@ -222,6 +222,7 @@ def quiet_library_tips(accelerator_is_cpu: bool | None = None) -> None:
     warnings.filterwarnings("ignore", message=r".*`tensorboardX` has been removed as a dependency.*")
     # webiml's tasks augment on the device by design; and a deprecation inside Lightning's own code
     warnings.filterwarnings("ignore", message=r".*You have overridden `on_after_batch_transfer` in `LightningModule`.*")
+    warnings.filterwarnings("ignore", message=r".*The dirpath has changed from .* reloaded.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended to run from within Python.*")
     if accelerator_is_cpu is None:

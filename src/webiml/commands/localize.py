@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay images")
+    parser.add_argument("--report-max", type=int, default=50,
+                        help="images shown in report.html, highest image score first (default 50; 0: no report)")
     return parser
 
 
@@ -152,11 +154,51 @@ def localize(argv: list[str]) -> int:
     elapsed = time.perf_counter() - start
     write_scores(out, rows, {"model": args.model, "pixel_threshold": pixel_threshold, "image_threshold": image_threshold,
                              "failed": [{"path": p, "error": e} for p, e in failed]})
+    if args.report_max > 0 and rows:
+        write_localize_report(out, rows, args.model, pixel_threshold, image_threshold, args.report_max, not args.no_overlay)
     print(f"localized {len(rows)} image(s) in {elapsed:.1f}s; results in {out}/ (scores.csv, *_prob.png, *_mask.png"
-          + ("" if args.no_overlay else ", *_overlay.jpg") + ")")
+          + ("" if args.no_overlay else ", *_overlay.jpg") + (", report.html" if args.report_max > 0 and rows else "") + ")")
     if failed:
         print(f"{len(failed)} file(s) could not be read:")
         for _, error in failed:
             print(f"  {error}")
         return 1
     return 0
+
+
+def write_localize_report(out: Path, rows: list[dict[str, Any]], model: str, pixel_threshold: float,
+                          image_threshold: float, limit: int, with_overlay: bool) -> Path:
+    """``report.html`` beside localize's outputs: the image-score histogram, then the ``limit`` images with the
+    highest image score: image / overlay / coloured heatmap (``<name>_heatmap.png``, made here for these rows
+    only) with their scores and verdicts."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from webiml.io import save_image
+    from webiml.reports import histogram_figure, render_report, verdict
+    from webiml.viz import colorize
+
+    shown = sorted(rows, key=lambda r: -r["image_score"])[:limit]
+    report_rows = []
+    for r in shown:
+        with Image.open(out / f"{r['name']}_prob.png") as im:
+            prob = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        save_image(out / f"{r['name']}_heatmap.png", colorize(prob))
+        images = [("image", Path(os.path.relpath(Path(r["path"]).resolve(), out.resolve())).as_posix())]
+        if with_overlay:
+            images.append(("overlay", f"{r['name']}_overlay.jpg"))
+        images += [("heatmap", f"{r['name']}_heatmap.png"), ("mask", f"{r['name']}_mask.png")]
+        report_rows.append({"title": r["name"], "images": images, "fields": [
+            ("verdict", verdict(r["image_score"], image_threshold)), ("image score", f"{r['image_score']:.3f}"),
+            ("manipulated area", f"{100 * r['manipulated_area']:.1f}%"), ("size", f"{r['width']}x{r['height']}")]})
+    n_manipulated = sum(r["manipulated"] for r in rows)
+    plots = [("image scores", histogram_figure([r["image_score"] for r in rows], out / "image_scores.png",
+                                               "image score", "image scores", image_threshold))]
+    sets = [{"name": "images", "metrics": [("images", str(len(rows))), ("verdict manipulated", str(n_manipulated)),
+                                           ("verdict authentic", str(len(rows) - n_manipulated))],
+             "plots": plots, "rows": report_rows,
+             "rows_title": f"{len(shown)} of {len(rows)} image(s), highest image score first"}]
+    return render_report(out / "report.html", title="webiml localize", intro=f"Model {model}.", sets=sets,
+                         pixel_threshold=pixel_threshold, image_threshold=image_threshold, has_truth=False)
