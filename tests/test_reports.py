@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from browser import browser, page_images
+from test_cli import _config
 from webiml.cli import main
 from webiml.models import SmpIML
 from webiml.reports import ERROR_COLOURS, error_map, format_value, pixel_histograms
@@ -63,3 +64,23 @@ def test_localize_report_in_browser(model_dir: Path, tmp_path: Path) -> None:
     assert text.index(top[0]["name"] + "_heatmap.png") < text.index(top[1]["name"] + "_heatmap.png")  # highest first
     images = _check_page(page, min_images=2 * 4 + 2)  # 2 rows x (image, overlay, heatmap, mask) + colour bar + histogram
     assert any(src.endswith("im0.png") or src.endswith("im1.png") or src.endswith("im2.png") for src, _ in images)
+
+
+def test_test_report_and_per_image_csv_in_browser(tmp_path: Path, tiny_dataset: Path) -> None:
+    cfg = _config(tmp_path, tiny_dataset)
+    assert main(["fit", "--config", str(cfg), "--trainer.fast_dev_run", "true"]) == 0
+    assert main(["test", "--config", str(cfg)]) == 0
+    pages = sorted((tmp_path / "runs").rglob("test_report/report.html"))
+    assert len(pages) == 1
+    out = pages[0].parent
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    assert {r["set"] for r in rows} == {"tinytest", "tinyval"} and len(rows) == 16  # 8 + 8 images, each once
+    assert all(r["label"] in ("0", "1") for r in rows)
+    manipulated = [float(r["pixel_f1"]) for r in rows if r["label"] == "1"]
+    assert manipulated and all(0.0 <= f <= 1.0 for f in manipulated)
+    assert all(r["pixel_f1"] == "" for r in rows if r["label"] == "0")  # undefined, not 0
+    text = pages[0].read_text()
+    assert "tinytest_pr.png" in text and "tinyval_f1_hist.png" in text and "error map" in text and "threshold" in text
+    # 2 sets x (PR + histogram) + colour bar + per-image rows of 5 images each
+    images = _check_page(pages[0], min_images=5 + 5 * 2)
+    assert sum(src.endswith("_errors.png") for src, _ in images) == 16

@@ -74,7 +74,7 @@ def _webiml_cli_class() -> type:
     # Imported so that their classes resolve by short name too (e.g. `--model IMLTask`).
     import webiml.data.datamodule  # noqa: F401
     import webiml.tasks.iml  # noqa: F401
-    from webiml.callbacks import MetricsSummary, PredictionWriter
+    from webiml.callbacks import MetricsSummary, PredictionWriter, TestReport
     from webiml.results import ResultsTable
 
     class WebimlCLI(LightningCLI):
@@ -93,7 +93,7 @@ def _webiml_cli_class() -> type:
                 seed_everything_default=0,
                 save_config_kwargs={"overwrite": True},
                 auto_configure_optimizers=False,
-                trainer_defaults={"callbacks": [MetricsSummary(), ResultsTable(), PredictionWriter()]},
+                trainer_defaults={"callbacks": [MetricsSummary(), ResultsTable(), PredictionWriter(), TestReport()]},
                 parser_kwargs={
                     "description": "webiml: image manipulation localization with PyTorch Lightning.\n"
                     "Training and evaluation: fit, validate, test, predict (LightningCLI)."

@@ -105,6 +105,9 @@ class IMLTask(BaseTask):
         targets = [t.to(self.device) for t in batch["mask_orig"]]
         metrics["pixel"].update(restored, targets)
         metrics["image"].update(out.image_probs().float(), batch["label"])
+        if stage == "test":  # per-image results for the TestReport callback (webiml.callbacks)
+            self.last_test_batch = {"probs": restored, "targets": targets, "scores": out.image_probs().float(),
+                                    "paths": batch.get("path")}
 
     def compute_metrics(self, metrics: MetricCollection) -> dict[str, float]:
         return flatten_results(metrics["pixel"].compute(), metrics["image"].compute(), prefix="")
