@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from webiml.io import atomic_write_json
-from webiml.reports import write_scores
+from webiml.reports import format_value, metrics_once, write_scores
 
 
 class MetricsSummary(L.Callback):
@@ -22,13 +21,14 @@ class MetricsSummary(L.Callback):
         self.prefix = prefix
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefix)}
+        metrics = metrics_once({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefix)})
         log_dir = trainer.log_dir  # a collective call under DDP: every rank must make it
         if not metrics or not trainer.is_global_zero:
             return
         width = max(len(k) for k in metrics)
-        lines = [f"final validation metrics (epoch {trainer.current_epoch}, step {trainer.global_step}):"]
-        lines += [f"  {k:<{width}}  {'nan' if math.isnan(v) else f'{v:.4f}'}" for k, v in sorted(metrics.items())]
+        # current_epoch counts the epochs run when fit ends; the last one run is that minus one (Lightning numbers from 0)
+        lines = [f"final validation metrics (after {trainer.current_epoch} epoch(s), step {trainer.global_step}):"]
+        lines += [f"  {k:<{width}}  {format_value(v)}" for k, v in sorted(metrics.items())]
         rank_zero_info("\n".join(lines))
         if log_dir:
             atomic_write_json(Path(log_dir) / "val_metrics.json", metrics, sort_keys=True)  # NaN -> null

@@ -194,3 +194,15 @@ def render_report(path: Path, *, title: str, sets: list[dict[str, Any]], pixel_t
 
 def verdict(score: float, image_threshold: float) -> str:
     return "manipulated" if score >= image_threshold else "authentic"
+
+
+def metrics_once(results: dict[str, Any]) -> dict[str, Any]:
+    """Each metric once: ``{stage}/{set}/{metric}`` per set, and the mean over sets ``{stage}/{metric}`` only
+    when there are several sets (with one set the mean repeats it; it is still logged, for checkpoint monitors)."""
+    sets: dict[str, set[str]] = {}
+    for key in results:
+        parts = key.split("/")
+        if len(parts) == 3:
+            sets.setdefault(parts[0], set()).add(parts[1])
+    return {k: v for k, v in results.items()
+            if not (len(k.split("/")) == 2 and len(sets.get(k.split("/")[0], ())) == 1)}

@@ -20,6 +20,7 @@ from torchmetrics import MetricCollection
 
 from webiml.data.transforms import GpuAugment, restore_prediction
 from webiml.io import atomic_write_json
+from webiml.reports import metrics_once
 from webiml.metrics import ImageMetrics, PixelMetrics, flatten_results
 from webiml.models.base import IMLModel, IMLOutput
 from webiml.tasks.base import BaseTask, export_checkpoint
@@ -117,7 +118,8 @@ class IMLTask(BaseTask):
         log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
         if self.trainer.is_global_zero and log_dir:
             path = Path(log_dir) / "test_metrics.json"
-            atomic_write_json(path, results, sort_keys=True)  # NaN (a metric undefined on a set) -> null
+            # NaN (a metric undefined on a set) -> null; each metric once (no mean that repeats a single set)
+            atomic_write_json(path, metrics_once(results), sort_keys=True)
             log.info("test metrics written to %s", path)
 
     # -- prediction ---------------------------------------------------------------------------
