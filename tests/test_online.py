@@ -95,6 +95,32 @@ def test_photo_splits_never_share_a_photo(photo_folder: Path) -> None:
         make_photo_pools(["procedural", str(photo_folder)])
 
 
+
+def test_one_pool_builder_serves_online_synthetic_and_pair_data(tmp_path: Path, photo_folder: Path) -> None:
+    from webiml.data.datamodule import make_photo_pool as datamodule_pool
+    from webiml.data.pair_synthesis import make_pool
+    from webiml.data.photo_pool import make_photo_pool, split_photo_pool
+
+    assert make_photo_pools is make_photo_pool and datamodule_pool is make_photo_pool
+    for split in ("train", "val", "test"):
+        online = make_photo_pools(str(photo_folder), split=split, size=64)
+        pairs = split_photo_pool(make_pool(str(photo_folder)), split, str(photo_folder))  # the pair data's split
+        assert [e.image for e in online.entries] == [e.image for e in pairs.entries]
+        assert (online.max_side, pairs.max_side) == (256, 512)  # 2 x size, at least 256 / the pair generator's 512
+    assert len(make_pool(str(photo_folder)).entries) == 40  # no split
+    # a bare folder holding a BSDS-like tree is read as one, like "bsds:PATH"
+    root = tmp_path / "bsds"
+    (root / "images").mkdir(parents=True)
+    (root / "regions").mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(root / "images" / f"b{i}.png")
+        Image.fromarray(np.eye(8, dtype=np.uint8)).save(root / "regions" / f"b{i}.png")
+    bare, named = make_photo_pool(str(root), "train"), make_photo_pool(f"bsds:{root}", "train")
+    assert bare.signature == named.signature and bare.signature["type"] == "bsds"
+    assert [(e.image, e.labels) for e in bare.entries] == [(e.image, e.labels) for e in named.entries]
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        make_photo_pool(str(tmp_path / "missing"))
+
 def test_datamodule_batches_hold_authentic_images_and_validation_is_held_out(tmp_path: Path, photo_folder: Path) -> None:
     dm = OnlineSyntheticIMLDataModule(
         photos=str(photo_folder), root=str(tmp_path / "data"), samples_per_epoch=16, gen_size=64, authentic_every=4,

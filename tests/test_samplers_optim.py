@@ -90,3 +90,37 @@ def test_layer_decay_finds_backbones_and_timm_feature_stages() -> None:
     for model in (APSCNet(size="tiny", image_head=False), WebIML(size="tiny")):
         scales = {g["lr_scale"] for g in param_groups(model, 0.05, layer_decay=0.9)}
         assert min(scales) < 0.9 < max(scales) == 1.0, type(model).__name__
+
+
+def test_timm_layer_decay_and_schedulers_differ_from_ours_which_is_why_we_keep_ours() -> None:
+    """Why tasks/optim.py is not timm.optim + timm.scheduler (measured, timm 1.0):
+
+    - ``timm.optim.param_groups_layer_decay`` needs ``model.group_matcher()``; our models (and their timm
+      ``features_only`` encoders) have none, so timm puts every parameter in one layer: no decay at all.
+    - timm's warmup starts at ``warmup_lr_init`` (0) on step 0, ours at ``lr / warmup`` (no wasted step);
+      after warmup (``warmup_prefix=True``) timm's cosine is ours, one step later.
+    """
+    import warnings
+
+    from timm.optim import param_groups_layer_decay
+    from timm.scheduler import CosineLRScheduler
+
+    model = SmpIML()
+    ours = {g["lr_scale"] for g in param_groups(model, 0.05, layer_decay=0.9)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = {g["lr_scale"] for g in param_groups_layer_decay(model, 0.05, layer_decay=0.9)}
+    assert min(ours) < 0.5 and theirs == {1.0}
+
+    total, warmup = 100, 10
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    timm_sched = CosineLRScheduler(opt, t_initial=total - warmup, warmup_t=warmup, warmup_lr_init=0.0, warmup_prefix=True,
+                                   t_in_epochs=False)
+    timm_lr = []
+    for t in range(total + 1):
+        timm_sched.step_update(t)
+        timm_lr.append(opt.param_groups[0]["lr"])
+    f = lr_lambda("cosine", total, warmup)
+    assert timm_lr[0] == 0.0 and f(0) == pytest.approx(0.1)  # timm's first step learns nothing
+    assert [f(t) for t in range(warmup)] == pytest.approx(timm_lr[1:warmup + 1])  # ours is timm's, one step earlier
+    assert [f(t) for t in range(warmup, total + 1)] == pytest.approx(timm_lr[warmup:])  # identical after warmup

@@ -376,21 +376,17 @@ def align_pair(
 
 
 def gaussian_blur_float(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of a (C, H, W) float image with reflect padding."""
+    """Gaussian blur of a (C, H, W) float image with reflect padding, kernel radius ``ceil(3 sigma)``
+    (``kornia.filters.gaussian_blur2d``; images no larger than the radius are returned as they are)."""
+    import kornia
+
     if sigma <= 0:
         return x
     r = max(1, int(math.ceil(3 * sigma)))
     if min(x.shape[-2:]) <= r:
         return x
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype)
-    c = x.shape[0]
-    y = F.pad(x[None], (r, r, 0, 0), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    y = F.pad(y, (0, 0, r, r), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return y[0]
+    k = 2 * r + 1
+    return kornia.filters.gaussian_blur2d(x[None], (k, k), (float(sigma), float(sigma)), border_type="reflect")[0]
 
 
 def photometric_match(orig: Tensor, forged: Tensor, valid: Tensor, iters: int = 2, keep: float = 0.7,

@@ -22,7 +22,6 @@ refused with a pointer to ``webiml export`` / ``webiml convert``. Loading is str
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import sys
@@ -37,7 +36,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from webiml.catalogue import STATUSES, CatalogueEntry, catalogue_path, hub_license, load_catalogue
 from webiml.catalogue import validate_catalogue as _validate_catalogue
-from webiml.io import atomic_write_bytes, atomic_write_text
+from webiml.io import atomic_write_bytes, atomic_write_text, sha256_file
 from webiml.models import registry
 from webiml.models.base import HubModel, IMLModel
 from webiml.models.registry import create_model, list_models
@@ -78,12 +77,8 @@ def validate_catalogue(data: Any, where: str = "checkpoints.yaml") -> list[Catal
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_of = sha256_file
+"""The SHA-256 hex digest of a file (:func:`webiml.io.sha256_file`, kept under this name for callers of the hub API)."""
 
 
 def build_model(architecture: str, config: dict[str, Any], where: str = "<config>",

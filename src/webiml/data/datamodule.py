@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from webiml.data.datasets import ManifestDataset, collate_skip_broken, records_from_paths
 from webiml.data.manifest import ManifestRecord, read_manifest
+from webiml.data.photo_pool import make_photo_pool, split_photo_pool  # noqa: F401 (re-exported)
 from webiml.data.samplers import SourceBalancedSampler, UnrepeatedDistributedSampler
 from webiml.data.transforms import Compose, Degrade, make_eval_transform, make_train_transform
 
@@ -305,44 +306,3 @@ class SyntheticIMLDataModule(IMLDataModule):
                 self.root / split, n, seed=hp.data_seed * 1000 + offset, pool=pool,
                 size=(hp.size, hp.size), p_authentic=hp.p_authentic, source=f"synthetic-{split}",
             )
-
-
-_SPLIT_SHARES = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}
-
-
-def make_photo_pool(spec: str, split: str = "train", seed: int = 0, size: int = 256) -> Any:
-    """A :class:`~webiml.data.synthetic.PhotoPool` from a spec string, restricted to one split.
-
-    ``spec``: ``"procedural"``, a folder of photos, ``"coco-panoptic:PATH"`` or ``"bsds:PATH"``. Folder
-    photos are split 80/10/10 into train/val/test by a hash of the file name, so generated validation and
-    test forgeries never reuse a training photo; procedural photos differ by seed.
-    """
-    from webiml.data.photo_pool import PhotoPool
-
-    if spec == "procedural":
-        return PhotoPool.procedural(size=(size, size), seed=seed)
-    kind, _, path = spec.partition(":") if ":" in spec and not Path(spec).exists() else ("folder", "", spec)
-    builders = {"folder": PhotoPool.from_folder, "coco-panoptic": PhotoPool.from_coco_panoptic, "bsds": PhotoPool.from_bsds}
-    if kind not in builders:
-        raise ValueError(f"unknown photo source {spec!r}: use 'procedural', a folder, 'coco-panoptic:PATH' or 'bsds:PATH'")
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"photo source {spec!r}: {path} is not a folder")
-    return split_photo_pool(builders[kind](path, max_side=max(size * 2, 256)), split, spec)
-
-
-def split_photo_pool(pool: Any, split: str, spec: str = "") -> Any:
-    """Keep the photos of ``pool`` (a photo-backed :class:`~webiml.data.synthetic.PhotoPool`) that fall in
-    ``split``: train 80 / val 10 / test 10 by a hash of the file name (the same photo, the same split)."""
-    import hashlib
-
-    lo, hi = _SPLIT_SHARES[split]
-
-    def bucket(p: Path) -> int:
-        return int(hashlib.sha1(Path(p).name.encode()).hexdigest(), 16) % 100
-
-    pool.entries = [e for e in pool.entries if lo <= bucket(e.image) < hi]
-    if not pool.entries:
-        raise ValueError(f"photo source {spec or pool.signature!r} has no photos in the {split} split")
-    pool.signature["split"] = split
-    pool.signature["n"] = len(pool.entries)
-    return pool

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from webiml.data.datamodule import SyntheticIMLDataModule, make_photo_pool
+from webiml.data.datamodule import SyntheticIMLDataModule
 from webiml.data.datasets import ManifestDataset, collate_skip_broken
 from webiml.data.masks import target_from_mask
+from webiml.data.photo_pool import make_photo_pool
 from webiml.data.transforms import make_train_transform
 from webiml.io import hwc_to_chw, jpeg_compress
 
@@ -35,26 +36,9 @@ ONLINE_KINDS: tuple[str, ...] = ("splice", "copy_move", "removal", "jitter")
 """Forgery kinds :class:`OnlineSyntheticDataset` can draw."""
 
 
-def make_photo_pools(specs: str | Sequence[str], split: str = "train", seed: int = 0, size: int = 256) -> Any:
-    """One :class:`~webiml.data.synthetic.PhotoPool` over several photo sources (see :func:`make_photo_pool`).
-
-    Each source is split train/val/test by a hash of the file name, so the photos of one split never
-    appear in another. ``specs``: one spec or a list (``"coco-panoptic:PATH"``, ``"bsds:PATH"``, a folder,
-    ``"procedural"`` alone).
-    """
-    specs = [specs] if isinstance(specs, str) else list(specs)
-    if not specs:
-        raise ValueError("no photo source given")
-    pools = [make_photo_pool(s, split=split, seed=seed, size=size) for s in specs]
-    if len(pools) == 1:
-        return pools[0]
-    if any(p.procedural_size is not None for p in pools):
-        raise ValueError("'procedural' photos cannot be mixed with photo folders")
-    merged = pools[0]
-    for other in pools[1:]:
-        merged.entries += other.entries
-    merged.signature = {"type": "merged", "sources": [p.signature for p in pools], "n": len(merged.entries)}
-    return merged
+make_photo_pools = make_photo_pool
+"""One :class:`~webiml.data.photo_pool.PhotoPool` over one or several photo sources, split train/val/test by a
+hash of the file name (:func:`webiml.data.photo_pool.make_photo_pool`, under the name the online data uses)."""
 
 
 class OnlineSyntheticDataset(Dataset):

@@ -27,10 +27,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from webiml.align import box_homography, warp_original
-from webiml.data.datamodule import split_photo_pool
 from webiml.data.masks import IGNORE, target_from_mask
-from webiml.data.pair_synthesis import make_pool, write_pair_dataset
+from webiml.data.pair_synthesis import write_pair_dataset
 from webiml.data.pairs import PairCategory, PairRecord, read_pair_manifest
+from webiml.data.photo_pool import make_photo_pool
 from webiml.io import hwc_to_chw, read_image, read_mask
 
 __all__ = ["MODES", "PairDataModule", "PairDataset"]
@@ -189,7 +189,7 @@ class PairDataModule(L.LightningDataModule):
         root: folder of the generated pairs (generation is cached: same parameters, no regeneration).
         num_train, num_val, num_test: numbers of generated pairs.
         synth_size: size of the generated photos (``(h, w)`` or a side).
-        photos: photo pool of the generator: ``"procedural"`` or a folder (see :func:`~webiml.data.pair_synthesis.make_pool`);
+        photos: photo pool of the generator: ``"procedural"`` or a folder (see :func:`~webiml.data.photo_pool.make_photo_pool`);
             a folder's photos are split train 80 / val 10 / test 10 by a hash of the file name.
         categories: category probabilities of the generator (default depends on ``mode``).
         degrade: web-style degradation of the generated pairs.
@@ -257,7 +257,7 @@ class PairDataModule(L.LightningDataModule):
         offset = {"train": 0, "val": 1, "test": 2}[split]
         # photos of a folder are split by a hash of the file name, so held-out pairs never reuse a training
         # photo; procedural photos differ by seed
-        pool = self.photos if self.photos == "procedural" else split_photo_pool(make_pool(self.photos), split, self.photos)
+        pool = self.photos if self.photos == "procedural" else make_photo_pool(self.photos, split, max_side=512)
         path = write_pair_dataset(
             self.root / self.mode / split, self.counts[split], seed=self.seed + offset, pool=pool,
             size=self.synth_size, categories=self.categories, degrade=self.degrade, label_tolerance=self.label_tolerance,

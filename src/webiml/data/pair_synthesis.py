@@ -39,7 +39,7 @@ from PIL import Image
 from webiml.data.forgeries import make_copy_move, make_removal, make_splice
 from webiml.data.generated import params_unchanged, write_params
 from webiml.data.pairs import CATEGORIES, FULL_BOX, PairCategory, PairRecord, read_pair_manifest, write_pair_manifest
-from webiml.data.photo_pool import PhotoPool
+from webiml.data.photo_pool import PhotoPool, make_photo_pool
 from webiml.data.regions import random_blob_mask
 from webiml.io import jpeg_compress, save_image
 
@@ -84,21 +84,10 @@ class Pair:
 
 
 def make_pool(photos: str | os.PathLike[str] | PhotoPool | None = "procedural", size: tuple[int, int] = (256, 256), seed: int = 0) -> PhotoPool:
-    """A photo pool from a spec: a :class:`PhotoPool`, ``"procedural"`` (or ``None``), or a folder: a
-    COCO-panoptic tree (``panoptic.json``), a BSDS-like tree (``images/`` + ``regions/``) or a plain
-    folder of photos."""
-    if isinstance(photos, PhotoPool):
-        return photos
-    if photos is None or str(photos) == "procedural":
-        return PhotoPool.procedural(size=(int(size[0]), int(size[1])), seed=seed)
-    root = Path(photos)
-    if not root.is_dir():
-        raise FileNotFoundError(f"photo folder {root} does not exist")
-    if (root / "panoptic.json").is_file():
-        return PhotoPool.from_coco_panoptic(root)
-    if (root / "images").is_dir() and (root / "regions").is_dir():
-        return PhotoPool.from_bsds(root)
-    return PhotoPool.from_folder(root)
+    """The pair generator's photo pool: :func:`~webiml.data.photo_pool.make_photo_pool` of a spec (a
+    :class:`PhotoPool`, ``"procedural"`` or ``None``, or a folder: a COCO-panoptic tree, a BSDS-like tree or
+    a plain folder of photos) with every photo (no split) kept up to 512 pixels."""
+    return make_photo_pool(photos, None, seed=seed, size=size, max_side=512)
 
 
 def _resize_rgb(image: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -154,58 +143,45 @@ def _colour_shift(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     return out, {"gain": [round(float(g), 4) for g in gain], "bias": [round(float(b), 3) for b in bias], "gamma": round(gamma, 4)}
 
 
-def _degrade(
-    image: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    colour_p: float,
-    resize_p: float,
-    scale_range: tuple[float, float],
-    jpeg_p: float,
-    jpeg_quality: tuple[int, int],
-    min_side: int = 32,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Web-style degradation: colour shift, resize, JPEG recompression (each with its probability)."""
-    info: dict[str, Any] = {}
-    do_colour, do_resize, do_jpeg = rng.random() < colour_p, rng.random() < resize_p, rng.random() < jpeg_p
-    s = float(math.exp(rng.uniform(math.log(scale_range[0]), math.log(scale_range[1]))))
-    q = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
-    if do_colour:
-        image, info["colour"] = _colour_shift(image, rng)
-    if do_resize:
-        h, w = image.shape[:2]
-        nh, nw = max(min_side, round(h * s)), max(min_side, round(w * s))
-        image = _resize_rgb(image, nh, nw)
-        info["resize"] = [nh, nw]
-    if do_jpeg:
-        image = jpeg_compress(image, q)
-        info["jpeg"] = q
-    return image, info
+@dataclass(frozen=True)
+class _WebDegradation:
+    """The web's copies of a pair: colour shift, resize and JPEG recompression of the original (each with its
+    probability), JPEG recompression of the forgery with probability ``forged_jpeg_p``."""
 
+    colour_p: float
+    resize_p: float
+    scale_range: tuple[float, float]
+    jpeg_p: float
+    jpeg_quality: tuple[int, int]
+    forged_jpeg_p: float = 0.0
 
-def _degrade_pair(
-    original: np.ndarray,
-    forged: np.ndarray,
-    rng: np.random.Generator,
-    info: dict[str, Any],
-    *,
-    colour_p: float,
-    resize_p: float,
-    scale_range: tuple[float, float],
-    jpeg_p: float,
-    jpeg_quality: tuple[int, int],
-    forged_jpeg_p: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The web's copies of a pair: the original degraded (:func:`_degrade`), the forgery JPEG-recompressed
-    with probability ``forged_jpeg_p``; the choices are recorded in ``info``."""
-    original, info["original_degradation"] = _degrade(
-        original, rng, colour_p=colour_p, resize_p=resize_p, scale_range=scale_range, jpeg_p=jpeg_p, jpeg_quality=jpeg_quality
-    )
-    q = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
-    if rng.random() < forged_jpeg_p:
-        forged = jpeg_compress(forged, q)
-        info["forged_jpeg"] = q
-    return original, forged
+    def original(self, image: np.ndarray, rng: np.random.Generator, min_side: int = 32) -> tuple[np.ndarray, dict[str, Any]]:
+        """The degraded original and what was done to it."""
+        info: dict[str, Any] = {}
+        do_colour, do_resize, do_jpeg = rng.random() < self.colour_p, rng.random() < self.resize_p, rng.random() < self.jpeg_p
+        s = float(math.exp(rng.uniform(math.log(self.scale_range[0]), math.log(self.scale_range[1]))))
+        q = int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1))
+        if do_colour:
+            image, info["colour"] = _colour_shift(image, rng)
+        if do_resize:
+            h, w = image.shape[:2]
+            nh, nw = max(min_side, round(h * s)), max(min_side, round(w * s))
+            image = _resize_rgb(image, nh, nw)
+            info["resize"] = [nh, nw]
+        if do_jpeg:
+            image = jpeg_compress(image, q)
+            info["jpeg"] = q
+        return image, info
+
+    def pair(self, original: np.ndarray, forged: np.ndarray, rng: np.random.Generator,
+             info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Both copies (:meth:`original`, then the forgery's JPEG); the choices are recorded in ``info``."""
+        original, info["original_degradation"] = self.original(original, rng)
+        q = int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1))
+        if rng.random() < self.forged_jpeg_p:
+            forged = jpeg_compress(forged, q)
+            info["forged_jpeg"] = q
+        return original, forged
 
 
 def _changed(before: np.ndarray, after: np.ndarray, tolerance: int = 0) -> np.ndarray:
@@ -360,10 +336,8 @@ def make_spg_pair(
         info: dict[str, Any] = {"edits": done, "crop_px": [x0, y0, x1, y1]}
         original = photo
         if degrade:
-            original, forged = _degrade_pair(
-                photo, forged, rng, info, colour_p=colour_p, resize_p=resize_p, scale_range=scale_range, jpeg_p=jpeg_p,
-                jpeg_quality=jpeg_quality, forged_jpeg_p=forged_jpeg_p,
-            )
+            web = _WebDegradation(colour_p, resize_p, scale_range, jpeg_p, jpeg_quality, forged_jpeg_p)
+            original, forged = web.pair(photo, forged, rng, info)
         box = (x0 / w, y0 / h, x1 / w, y1 / h)
         return Pair(original, forged, mask.astype(np.uint8) * 255, PairCategory.SPG, is_aligned, box, None, view, info)
     raise RuntimeError(f"no SPG pair in {max_tries} tries")
@@ -408,10 +382,8 @@ def make_sdg_pair(
         forged, original, source = f.image, donor, region
         info: dict[str, Any] = {"scale": f.info.get("scale"), "flip": f.info.get("flip")}
         if degrade:
-            original, forged = _degrade_pair(
-                donor, forged, rng, info, colour_p=colour_p, resize_p=resize_p, scale_range=degrade_scale_range, jpeg_p=jpeg_p,
-                jpeg_quality=jpeg_quality, forged_jpeg_p=forged_jpeg_p,
-            )
+            web = _WebDegradation(colour_p, resize_p, degrade_scale_range, jpeg_p, jpeg_quality, forged_jpeg_p)
+            original, forged = web.pair(donor, forged, rng, info)
             source = _resize_bool(region, *original.shape[:2])
         return Pair(original, forged, mask.astype(np.uint8) * 255, PairCategory.SDG, False, FULL_BOX, source.astype(np.uint8) * 255, target, info)
     raise RuntimeError(f"no SDG pair in {max_tries} tries")
@@ -434,9 +406,8 @@ def make_unrelated_pair(
     forged, _ = _sample(pool, size, rng)
     info: dict[str, Any] = {}
     if degrade:
-        original, info["original_degradation"] = _degrade(
-            original, rng, colour_p=colour_p, resize_p=resize_p, scale_range=scale_range, jpeg_p=jpeg_p, jpeg_quality=jpeg_quality
-        )
+        web = _WebDegradation(colour_p, resize_p, scale_range, jpeg_p, jpeg_quality)
+        original, info["original_degradation"] = web.original(original, rng)
     zeros = np.zeros(forged.shape[:2], np.uint8)
     return Pair(original, forged, zeros, PairCategory.UNRELATED, False, FULL_BOX, np.zeros(original.shape[:2], np.uint8), forged, info)
 

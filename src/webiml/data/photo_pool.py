@@ -1,5 +1,6 @@
 """PhotoPool: photos with region masks (procedural scenes, a folder with label maps, COCO panoptic, BSDS500),
-sampled with a caller-provided generator."""
+sampled with a caller-provided generator; :func:`make_photo_pool`, the one builder of pools from photo source
+specs (with the train / val / test hash split of photo-backed pools)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from webiml.data.procedural import GENERATOR_VERSION, procedural_scene
 from webiml.data.regions import random_blob_mask
 from webiml.io import IMAGE_SUFFIXES, read_image
 
-__all__ = ["PhotoPool"]
+__all__ = ["SPLIT_SHARES", "PhotoPool", "make_photo_pool", "split_photo_pool"]
 
 
 def _limit_side(image: np.ndarray, labels: np.ndarray | None, max_side: int | None
@@ -223,3 +224,81 @@ class PhotoPool:
             lo = min(max(0.01, self.min_region), hi)
             return image, [random_blob_mask(h, w, rng, min_area=lo, max_area=hi) for _ in range(self.n_blobs)]
         return image, self._regions(labels, rng)
+
+
+# -- building pools from specs
+
+
+SPLIT_SHARES = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}
+"""Hash buckets (of 100) of each split of a photo-backed pool."""
+
+PoolSpec = str | os.PathLike[str] | PhotoPool | None
+
+
+def make_photo_pool(spec: PoolSpec | Sequence[PoolSpec], split: str | None = "train", seed: int = 0,
+                    size: int | tuple[int, int] = 256, max_side: int | None = None) -> PhotoPool:
+    """A :class:`PhotoPool` from a photo source spec, restricted to one split (the one builder of pools).
+
+    ``spec``: ``"procedural"`` (or ``None``), a folder, ``"folder:PATH"``, ``"coco-panoptic:PATH"``,
+    ``"bsds:PATH"``, a :class:`PhotoPool`, or a list of specs (one pool over all of them; ``"procedural"``
+    cannot be mixed with photos). A bare folder is read as a COCO-panoptic tree when it holds
+    ``panoptic.json``, as a BSDS-like tree when it holds ``images/`` and ``regions/``, else as a plain folder
+    of photos. Photo-backed pools are split 80/10/10 into train/val/test by a hash of the file name
+    (:func:`split_photo_pool`), so generated validation and test forgeries never reuse a training photo;
+    ``split=None`` keeps every photo. Procedural photos (of ``size``) differ by ``seed`` and are not split.
+    ``max_side``: photos are reduced to this long side on load (default: twice the long side of ``size``, at
+    least 256).
+    """
+    if spec is not None and not isinstance(spec, str | os.PathLike | PhotoPool):
+        return _merged([make_photo_pool(s, split, seed, size, max_side) for s in spec])
+    if isinstance(spec, PhotoPool):
+        return spec if split is None or spec.procedural_size is not None else split_photo_pool(spec, split)
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if spec is None or str(spec) == "procedural":
+        return PhotoPool.procedural(size=(h, w), seed=seed)
+    spec = str(spec)
+    kind, _, path = spec.partition(":") if ":" in spec and not Path(spec).exists() else ("", "", spec)
+    builders = {"folder": PhotoPool.from_folder, "coco-panoptic": PhotoPool.from_coco_panoptic, "bsds": PhotoPool.from_bsds}
+    if kind and kind not in builders:
+        raise ValueError(f"unknown photo source {spec!r}: use 'procedural', a folder, 'coco-panoptic:PATH' or 'bsds:PATH'")
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"photo source {spec!r}: {path} is not a folder")
+    if not kind:
+        kind = ("coco-panoptic" if (root / "panoptic.json").is_file()
+                else "bsds" if (root / "images").is_dir() and (root / "regions").is_dir() else "folder")
+    pool = builders[kind](root, max_side=max(max(h, w) * 2, 256) if max_side is None else max_side)
+    return pool if split is None else split_photo_pool(pool, split, spec)
+
+
+def _merged(pools: list[PhotoPool]) -> PhotoPool:
+    """One pool over the photos of ``pools`` (the first one, extended)."""
+    if not pools:
+        raise ValueError("no photo source given")
+    if len(pools) == 1:
+        return pools[0]
+    if any(p.procedural_size is not None for p in pools):
+        raise ValueError("'procedural' photos cannot be mixed with photo folders")
+    merged = pools[0]
+    for other in pools[1:]:
+        merged.entries += other.entries
+    merged.signature = {"type": "merged", "sources": [p.signature for p in pools], "n": len(merged.entries)}
+    return merged
+
+
+def split_photo_pool(pool: PhotoPool, split: str, spec: str = "") -> PhotoPool:
+    """Keep the photos of ``pool`` (a photo-backed :class:`PhotoPool`) that fall in ``split``: train 80 /
+    val 10 / test 10 by a hash of the file name (the same photo, the same split)."""
+    import hashlib
+
+    lo, hi = SPLIT_SHARES[split]
+
+    def bucket(p: Path) -> int:
+        return int(hashlib.sha1(Path(p).name.encode()).hexdigest(), 16) % 100
+
+    pool.entries = [e for e in pool.entries if lo <= bucket(e.image) < hi]
+    if not pool.entries:
+        raise ValueError(f"photo source {spec or pool.signature!r} has no photos in the {split} split")
+    pool.signature["split"] = split
+    pool.signature["n"] = len(pool.entries)
+    return pool

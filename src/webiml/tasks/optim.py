@@ -1,4 +1,12 @@
-"""Optimiser parameter groups (weight decay, layer-wise lr decay) and warmup + cosine/poly schedules."""
+"""Optimiser parameter groups (weight decay, layer-wise lr decay) and warmup + cosine/poly schedules.
+
+Kept instead of ``timm.optim.param_groups_layer_decay`` + ``timm.scheduler`` (measured with timm 1.0, see
+``tests/test_samplers_optim.py::test_timm_layer_decay_and_schedulers_differ_from_ours_which_is_why_we_keep_ours``):
+timm's layer decay needs a ``group_matcher()``, which our IML models and their timm ``features_only`` encoders
+lack, so on SmpIML / Web-IML / APSC-Net it puts every parameter in one layer (no decay; ours: stem 0.43 ..
+decoder 1.0 on web_iml_tiny at 0.9); timm's warmup spends step 0 at lr 0 where ours starts at ``lr / warmup``
+(after warmup timm's cosine with ``warmup_prefix=True`` equals ours).
+"""
 
 from __future__ import annotations
 

@@ -78,7 +78,12 @@ class _PairTask(BaseTask):
     """Shared by the pair tasks: both images of a pair are normalised on the device and go to the net as
     ``net(original, forged)``; ``init_weights`` starts the net from saved weights (:func:`load_pair_init_weights`).
     Everything else (hyperparameters, checkpoint hooks, optimiser, metrics per evaluation set, export) is
-    :class:`~webiml.tasks.base.BaseTask`'s."""
+    :class:`~webiml.tasks.base.BaseTask`'s: like IMLTask, the hparams hold the net as its class_path config
+    (never the module), so that ``--ckpt_path`` restores the model and ``webiml export`` can rebuild it.
+
+    The tasks' constructor parameters (lr, schedule, loss weights, ...) are spelled out in each ``__init__``
+    on purpose, as in :class:`~webiml.tasks.iml.IMLTask`: they are the LightningCLI's arguments and the
+    hyperparameters ``save_hyperparameters`` records, and their defaults differ per task."""
 
     image_keys = ("original", "forged")
 
@@ -109,9 +114,7 @@ class PairClassifierTask(_PairTask):
         box_beta: float = 0.02,
         init_weights: str | None = None,
     ) -> None:
-        # Like IMLTask (BaseTask): the hparams hold the net as its class_path config (never the module), so
-        # that `--ckpt_path` restores the model and `webiml export` can rebuild it.
-        super().__init__()
+        super().__init__()  # hyperparameters: the net stored as its class_path config (BaseTask)
         self.net = self.build_net(net, init_weights)
 
     def configure_metrics(self) -> MetricCollection:
@@ -190,9 +193,7 @@ class PairSegmenterTask(_PairTask):
         threshold: float = 0.5,
         init_weights: str | None = None,
     ) -> None:
-        # Like IMLTask (BaseTask): the hparams hold the net as its class_path config (never the module), so
-        # that `--ckpt_path` restores the model and `webiml export` can rebuild it.
-        super().__init__()
+        super().__init__()  # hyperparameters: the net stored as its class_path config (BaseTask)
         self.net = self.build_net(net, init_weights)
         self.criterion = IMLLoss(bce_weight, dice_weight, ohem_thresh, ohem_min_kept, 0.0, aux_weights)
 
