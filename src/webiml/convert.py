@@ -10,6 +10,12 @@ APSC-Net (``webiml convert apsc-net APSC-Net.pth OUT_DIR``): the authors' mmcv c
 ``module.`` (saved from a DataParallel / DDP wrapper). The backbone keys are renamed onto timm's
 ConvNeXt (one to one), the architecture widths are read off the tensor shapes, every tensor's shape is
 checked, and the weights are loaded strictly before ``save_pretrained`` writes the output directory.
+
+Noiseprint++ (``webiml convert noiseprint++ noiseprint++.th OUT_DIR``): grip-unina/TruFor's
+``pretrained_models/noiseprint++/noiseprint++.th`` is ``{"network": <state dict>, "global_step": ...}``
+with the keys of TruFor's ``make_net`` Sequential (``0.weight``, ``0.bias``, ``2.weight``, ``3.running_mean``,
+..., ``47.bias``); they become ``dncnn.<key>`` of :class:`~webiml.models.noiseprint.NoiseprintPP`. TruFor's
+full checkpoints (``dncnn.*`` among the other modules) are accepted too: only ``dncnn.*`` is taken.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 from torch import Tensor
 
 from webiml.models.apsc_net import APSC_PRESETS, APSCNet
+from webiml.models.noiseprint import NoiseprintPP
 
 
 class ConversionError(ValueError):
@@ -85,7 +92,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Tensor]:
         raise ConversionError(f"{path} is not a readable PyTorch checkpoint: {err}") from None
     state = obj
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "module"):
+        for key in ("state_dict", "model", "module", "network"):
             if key in obj and isinstance(obj[key], Mapping):
                 state = obj[key]
                 break
@@ -252,8 +259,54 @@ def convert_apsc_net(checkpoint: str | Path, out_dir: str | Path, **overrides: A
     return model
 
 
+# -- Noiseprint++ -----------------------------------------------------------------------------------
+
+_RE_DNCNN = re.compile(r"^(?:dncnn\.)?(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+
+
+def noiseprint_pp_official_to_webiml(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename TruFor's Noiseprint++ keys (``N.param``, or ``dncnn.N.param`` inside a full TruFor checkpoint)
+    to :class:`NoiseprintPP` keys (``dncnn.N.param``); other keys of a full TruFor checkpoint are dropped,
+    anything else is a :class:`ConversionError`."""
+    if any(k.startswith("dncnn.") for k in state):
+        state = {k: v for k, v in state.items() if k.startswith("dncnn.")}
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for k, v in state.items():
+        if m := _RE_DNCNN.match(k):
+            out[f"dncnn.{m[1]}.{m[2]}"] = v
+        else:
+            unknown.append(k)
+    if unknown:
+        raise ConversionError(f"{len(unknown)} keys are not Noiseprint++ DnCNN layers (expected N.weight, N.bias, "
+                              f"N.running_mean, ...): {_few(unknown)}")
+    return out
+
+
+def _convert_strict(model: torch.nn.Module, state: Mapping[str, Tensor], checkpoint: str | Path, out_dir: str | Path) -> None:
+    check_state_dict(model, state, what=f"checkpoint {Path(checkpoint).name}")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)  # type: ignore[attr-defined]
+
+
+def convert_noiseprint_pp(checkpoint: str | Path, out_dir: str | Path, **overrides: Any) -> NoiseprintPP:
+    """Convert TruFor's ``noiseprint++.th`` into a webiml :class:`NoiseprintPP` directory and return the model.
+
+    ``overrides`` are :class:`NoiseprintPP` arguments (e.g. ``normalize_residual=False``).
+    """
+    state = noiseprint_pp_official_to_webiml(load_checkpoint(checkpoint))
+    model = NoiseprintPP(**overrides)
+    _convert_strict(model, state, checkpoint, out_dir)
+    return model
+
+
 CONVERTERS: dict[str, tuple[str, Callable[..., torch.nn.Module]]] = {
     "apsc-net": ("APSC-Net (CVPR 2024) mmcv checkpoint from qcf-568/MIML, e.g. APSC-Net.pth", convert_apsc_net),
+    "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
+                     convert_noiseprint_pp),
 }
 """Converter name -> (description, function(checkpoint, out_dir, **overrides))."""
 
@@ -265,8 +318,10 @@ __all__ = [
     "apsc_official_to_webiml",
     "check_state_dict",
     "convert_apsc_net",
+    "convert_noiseprint_pp",
     "infer_apsc_config",
     "load_checkpoint",
+    "noiseprint_pp_official_to_webiml",
     "webiml_key_to_apsc",
     "webiml_to_apsc_official",
 ]

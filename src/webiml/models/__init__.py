@@ -8,6 +8,7 @@ from webiml.models.apsc_net import APSCNet
 from webiml.models.base import IMLModel, IMLOutput
 from webiml.models.baselines import SmpIML
 from webiml.models.caaa import PairClassifier, SDGSegmenter, SPGSegmenter
+from webiml.models.noiseprint import NoiseprintPP
 from webiml.models.registry import create_model, list_models, register_model
 from webiml.models.web_iml import WebIML, web_iml_base, web_iml_small, web_iml_tiny
 
@@ -18,6 +19,7 @@ __all__ = [
     "SPGSegmenter",
     "IMLModel",
     "IMLOutput",
+    "NoiseprintPP",
     "SmpIML",
     "create_model",
     "list_models",
