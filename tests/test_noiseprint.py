@@ -106,3 +106,53 @@ def test_forward_contract_and_blind_map() -> None:
     assert pix.shape == (h, w)
     assert np.median(pix[200:300, 200:300]) > 2 * np.median(pix[:100, :100])
     assert np.isfinite(result.pixel_map("logit")).all()
+
+
+# -- adaptive CFA (qbammey/adaptive_cfa_forensics) ----------------------------------------------------
+
+CFA_FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "adaptive_cfa_keys.json").read_text())
+
+
+def _official_cfa(path: Path) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(s, generator=g) * 0.3 for k, s in CFA_FIXTURE["state_dict"].items() if not k.startswith("auxiliary.")}
+    for k, s in CFA_FIXTURE["state_dict"].items():  # FullNet.auxiliary = Sequential(spatial, pixelwise, conv, logsoftmax)
+        if k.startswith("auxiliary.0."):
+            state[k] = state["spatial." + k[len("auxiliary.0."):]]
+        elif k.startswith("auxiliary.1."):
+            state[k] = state["pixelwise." + k[len("auxiliary.1."):]]
+        elif k.startswith("auxiliary."):
+            state[k] = torch.randn(s, generator=g)
+    torch.save(state, path)
+    return state
+
+
+def test_adaptive_cfa_convert_and_map(tmp_path: Path) -> None:
+    from webiml.convert import adaptive_cfa_official_to_webiml
+    from webiml.models.adaptive_cfa import AdaptiveCFA, grid_permutations
+
+    src = tmp_path / "pretrained.pt"
+    state = _official_cfa(src)
+    out = tmp_path / "cfa"
+    assert main(["convert", "adaptive-cfa", str(src), str(out)]) == 0
+    model = AdaptiveCFA.from_pretrained(out).eval()
+    assert torch.equal(model.auxiliary_head.weight, state["auxiliary.2.weight"])
+    # the grid split: channel c * 4 + position, the 4 shifted orders
+    x = torch.arange(2 * 4 * 4, dtype=torch.float).view(1, 2, 4, 4)
+    g = grid_permutations(x)
+    assert g.shape == (4, 8, 2, 2)
+    assert torch.equal(g[0, :4, 0, 0], torch.tensor([0.0, 1.0, 4.0, 5.0])) and torch.equal(g[3, :4, 0, 0], torch.tensor([5.0, 4.0, 1.0, 0.0]))
+    img = torch.randint(0, 256, (3, 75, 99), dtype=torch.uint8)
+    with torch.no_grad():
+        o = model.predict(img)
+        scores = model.block_scores(model.normalize(img)[:, :, :74, :98])
+    assert o.mask_logits.shape == (1, 1, 75, 99) and o.image_logits is None
+    probs = o.mask_logits.sigmoid()[0, 0]
+    assert scores.shape == (2, 2)
+    torch.testing.assert_close(probs[4:68, 4:68], scores.repeat_interleave(32, 0).repeat_interleave(32, 1).clamp(1e-6, 1 - 1e-6))
+    assert float(probs[:4].max()) <= 1e-6 and float(probs[68:].max()) <= 1e-6
+    # a shared copy that differs from its module is refused
+    bad = dict(state)
+    bad["auxiliary.0.conv1.h1.bias"] = bad["auxiliary.0.conv1.h1.bias"] + 1
+    with pytest.raises(ConversionError, match="differ"):
+        adaptive_cfa_official_to_webiml(bad)

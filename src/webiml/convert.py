@@ -16,6 +16,11 @@ Noiseprint++ (``webiml convert noiseprint++ noiseprint++.th OUT_DIR``): grip-uni
 with the keys of TruFor's ``make_net`` Sequential (``0.weight``, ``0.bias``, ``2.weight``, ``3.running_mean``,
 ..., ``47.bias``); they become ``dncnn.<key>`` of :class:`~webiml.models.noiseprint.NoiseprintPP`. TruFor's
 full checkpoints (``dncnn.*`` among the other modules) are accepted too: only ``dncnn.*`` is taken.
+
+Adaptive CFA (``webiml convert adaptive-cfa pretrained.pt OUT_DIR``): qbammey/adaptive_cfa_forensics'
+``src/models/*.pt`` are bare state dicts of ``FullNet``; ``spatial.*``, ``pixelwise.*`` and ``blockwise.*``
+keep their names, ``auxiliary.2.*`` (the auxiliary head) becomes ``auxiliary_head.*``, and ``auxiliary.0.*`` /
+``auxiliary.1.*`` (the same modules as ``spatial`` / ``pixelwise``, saved twice) must equal them and are dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from webiml.models.adaptive_cfa import AdaptiveCFA
 from webiml.models.apsc_net import APSC_PRESETS, APSCNet
 from webiml.models.noiseprint import NoiseprintPP
 
@@ -303,7 +309,45 @@ def convert_noiseprint_pp(checkpoint: str | Path, out_dir: str | Path, **overrid
     return model
 
 
+# -- Adaptive CFA ----------------------------------------------------------------------------------
+
+_CFA_SHARED = {"auxiliary.0.": "spatial.", "auxiliary.1.": "pixelwise."}
+
+
+def adaptive_cfa_official_to_webiml(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an official adaptive-CFA ``FullNet`` state dict to :class:`AdaptiveCFA` keys (see the module
+    docstring); a shared copy that differs from its module, or an unknown key, is a :class:`ConversionError`."""
+    out: dict[str, Tensor] = {}
+    unknown, differ = [], []
+    for k, v in state.items():
+        if k.startswith(("spatial.", "pixelwise.", "blockwise.")):
+            out[k] = v
+        elif k.startswith("auxiliary.2."):
+            out["auxiliary_head." + k[len("auxiliary.2."):]] = v
+        elif shared := next((p for p in _CFA_SHARED if k.startswith(p)), None):
+            twin = _CFA_SHARED[shared] + k[len(shared):]
+            if twin not in state or not torch.equal(state[twin], v):
+                differ.append(k)
+        else:
+            unknown.append(k)
+    if unknown:
+        raise ConversionError(f"{len(unknown)} keys are not part of the adaptive-CFA FullNet: {_few(unknown)}")
+    if differ:
+        raise ConversionError(f"{len(differ)} auxiliary.0/1 entries differ from (or lack) their spatial/pixelwise twin: {_few(differ)}")
+    return out
+
+
+def convert_adaptive_cfa(checkpoint: str | Path, out_dir: str | Path, **overrides: Any) -> AdaptiveCFA:
+    """Convert an adaptive-CFA ``.pt`` (``pretrained.pt``, ``adapted_to_*.pt``) into a webiml :class:`AdaptiveCFA`
+    directory and return the model. ``overrides`` are :class:`AdaptiveCFA` arguments (``block_size``)."""
+    state = adaptive_cfa_official_to_webiml(load_checkpoint(checkpoint))
+    model = AdaptiveCFA(**overrides)
+    _convert_strict(model, state, checkpoint, out_dir)
+    return model
+
+
 CONVERTERS: dict[str, tuple[str, Callable[..., torch.nn.Module]]] = {
+    "adaptive-cfa": ("Adaptive CFA (CVPR 2020) state dict from qbammey/adaptive_cfa_forensics src/models/*.pt", convert_adaptive_cfa),
     "apsc-net": ("APSC-Net (CVPR 2024) mmcv checkpoint from qcf-568/MIML, e.g. APSC-Net.pth", convert_apsc_net),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      convert_noiseprint_pp),
@@ -313,6 +357,8 @@ CONVERTERS: dict[str, tuple[str, Callable[..., torch.nn.Module]]] = {
 
 __all__ = [
     "CONVERTERS",
+    "adaptive_cfa_official_to_webiml",
+    "convert_adaptive_cfa",
     "ConversionError",
     "apsc_key_to_webiml",
     "apsc_official_to_webiml",

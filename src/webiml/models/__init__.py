@@ -4,6 +4,7 @@ Every :class:`IMLModel` subclass and every named variant (``web_iml_tiny``, ``ap
 registers in :mod:`webiml.models.registry`: ``create_model(name, **kwargs)``, ``list_models(pattern)``.
 """
 
+from webiml.models.adaptive_cfa import AdaptiveCFA
 from webiml.models.apsc_net import APSCNet
 from webiml.models.base import IMLModel, IMLOutput
 from webiml.models.baselines import SmpIML
@@ -13,6 +14,7 @@ from webiml.models.registry import create_model, list_models, register_model
 from webiml.models.web_iml import WebIML, web_iml_base, web_iml_small, web_iml_tiny
 
 __all__ = [
+    "AdaptiveCFA",
     "APSCNet",
     "PairClassifier",
     "SDGSegmenter",
