@@ -10,6 +10,17 @@ APSC-Net (``webiml convert apsc-net APSC-Net.pth OUT_DIR``): the authors' mmcv c
 ``module.`` (saved from a DataParallel / DDP wrapper). The backbone keys are renamed onto timm's
 ConvNeXt (one to one), the architecture widths are read off the tensor shapes, every tensor's shape is
 checked, and the weights are loaded strictly before ``save_pretrained`` writes the output directory.
+
+Noiseprint++ (``webiml convert noiseprint++ noiseprint++.th OUT_DIR``): grip-unina/TruFor's
+``pretrained_models/noiseprint++/noiseprint++.th`` is ``{"network": <state dict>, "global_step": ...}``
+with the keys of TruFor's ``make_net`` Sequential (``0.weight``, ``0.bias``, ``2.weight``, ``3.running_mean``,
+..., ``47.bias``); they become ``dncnn.<key>`` of :class:`~webiml.models.noiseprint.NoiseprintPP`. TruFor's
+full checkpoints (``dncnn.*`` among the other modules) are accepted too: only ``dncnn.*`` is taken.
+
+Adaptive CFA (``webiml convert adaptive-cfa pretrained.pt OUT_DIR``): qbammey/adaptive_cfa_forensics'
+``src/models/*.pt`` are bare state dicts of ``FullNet``; ``spatial.*``, ``pixelwise.*`` and ``blockwise.*``
+keep their names, ``auxiliary.2.*`` (the auxiliary head) becomes ``auxiliary_head.*``, and ``auxiliary.0.*`` /
+``auxiliary.1.*`` (the same modules as ``spatial`` / ``pixelwise``, saved twice) must equal them and are dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from webiml.models.adaptive_cfa import AdaptiveCFA
 from webiml.models.apsc_net import APSC_PRESETS, APSCNet
+from webiml.models.noiseprint import NoiseprintPP
 
 
 class ConversionError(ValueError):
@@ -85,7 +98,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Tensor]:
         raise ConversionError(f"{path} is not a readable PyTorch checkpoint: {err}") from None
     state = obj
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "module"):
+        for key in ("state_dict", "model", "module", "network"):
             if key in obj and isinstance(obj[key], Mapping):
                 state = obj[key]
                 break
@@ -252,21 +265,109 @@ def convert_apsc_net(checkpoint: str | Path, out_dir: str | Path, **overrides: A
     return model
 
 
+# -- Noiseprint++ -----------------------------------------------------------------------------------
+
+_RE_DNCNN = re.compile(r"^(?:dncnn\.)?(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+
+
+def noiseprint_pp_official_to_webiml(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename TruFor's Noiseprint++ keys (``N.param``, or ``dncnn.N.param`` inside a full TruFor checkpoint)
+    to :class:`NoiseprintPP` keys (``dncnn.N.param``); other keys of a full TruFor checkpoint are dropped,
+    anything else is a :class:`ConversionError`."""
+    if any(k.startswith("dncnn.") for k in state):
+        state = {k: v for k, v in state.items() if k.startswith("dncnn.")}
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for k, v in state.items():
+        if m := _RE_DNCNN.match(k):
+            out[f"dncnn.{m[1]}.{m[2]}"] = v
+        else:
+            unknown.append(k)
+    if unknown:
+        raise ConversionError(f"{len(unknown)} keys are not Noiseprint++ DnCNN layers (expected N.weight, N.bias, "
+                              f"N.running_mean, ...): {_few(unknown)}")
+    return out
+
+
+def _convert_strict(model: torch.nn.Module, state: Mapping[str, Tensor], checkpoint: str | Path, out_dir: str | Path) -> None:
+    check_state_dict(model, state, what=f"checkpoint {Path(checkpoint).name}")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)  # type: ignore[attr-defined]
+
+
+def convert_noiseprint_pp(checkpoint: str | Path, out_dir: str | Path, **overrides: Any) -> NoiseprintPP:
+    """Convert TruFor's ``noiseprint++.th`` into a webiml :class:`NoiseprintPP` directory and return the model.
+
+    ``overrides`` are :class:`NoiseprintPP` arguments (e.g. ``normalize_residual=False``).
+    """
+    state = noiseprint_pp_official_to_webiml(load_checkpoint(checkpoint))
+    model = NoiseprintPP(**overrides)
+    _convert_strict(model, state, checkpoint, out_dir)
+    return model
+
+
+# -- Adaptive CFA ----------------------------------------------------------------------------------
+
+_CFA_SHARED = {"auxiliary.0.": "spatial.", "auxiliary.1.": "pixelwise."}
+
+
+def adaptive_cfa_official_to_webiml(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an official adaptive-CFA ``FullNet`` state dict to :class:`AdaptiveCFA` keys (see the module
+    docstring); a shared copy that differs from its module, or an unknown key, is a :class:`ConversionError`."""
+    out: dict[str, Tensor] = {}
+    unknown, differ = [], []
+    for k, v in state.items():
+        if k.startswith(("spatial.", "pixelwise.", "blockwise.")):
+            out[k] = v
+        elif k.startswith("auxiliary.2."):
+            out["auxiliary_head." + k[len("auxiliary.2."):]] = v
+        elif shared := next((p for p in _CFA_SHARED if k.startswith(p)), None):
+            twin = _CFA_SHARED[shared] + k[len(shared):]
+            if twin not in state or not torch.equal(state[twin], v):
+                differ.append(k)
+        else:
+            unknown.append(k)
+    if unknown:
+        raise ConversionError(f"{len(unknown)} keys are not part of the adaptive-CFA FullNet: {_few(unknown)}")
+    if differ:
+        raise ConversionError(f"{len(differ)} auxiliary.0/1 entries differ from (or lack) their spatial/pixelwise twin: {_few(differ)}")
+    return out
+
+
+def convert_adaptive_cfa(checkpoint: str | Path, out_dir: str | Path, **overrides: Any) -> AdaptiveCFA:
+    """Convert an adaptive-CFA ``.pt`` (``pretrained.pt``, ``adapted_to_*.pt``) into a webiml :class:`AdaptiveCFA`
+    directory and return the model. ``overrides`` are :class:`AdaptiveCFA` arguments (``block_size``)."""
+    state = adaptive_cfa_official_to_webiml(load_checkpoint(checkpoint))
+    model = AdaptiveCFA(**overrides)
+    _convert_strict(model, state, checkpoint, out_dir)
+    return model
+
+
 CONVERTERS: dict[str, tuple[str, Callable[..., torch.nn.Module]]] = {
+    "adaptive-cfa": ("Adaptive CFA (CVPR 2020) state dict from qbammey/adaptive_cfa_forensics src/models/*.pt", convert_adaptive_cfa),
     "apsc-net": ("APSC-Net (CVPR 2024) mmcv checkpoint from qcf-568/MIML, e.g. APSC-Net.pth", convert_apsc_net),
+    "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
+                     convert_noiseprint_pp),
 }
 """Converter name -> (description, function(checkpoint, out_dir, **overrides))."""
 
 
 __all__ = [
     "CONVERTERS",
+    "adaptive_cfa_official_to_webiml",
+    "convert_adaptive_cfa",
     "ConversionError",
     "apsc_key_to_webiml",
     "apsc_official_to_webiml",
     "check_state_dict",
     "convert_apsc_net",
+    "convert_noiseprint_pp",
     "infer_apsc_config",
     "load_checkpoint",
+    "noiseprint_pp_official_to_webiml",
     "webiml_key_to_apsc",
     "webiml_to_apsc_official",
 ]
