@@ -20,9 +20,9 @@ from torchmetrics import MetricCollection
 
 from webiml.data.transforms import GpuAugment, restore_prediction
 from webiml.io import atomic_write_json
-from webiml.reports import metrics_once
 from webiml.metrics import ImageMetrics, PixelMetrics, flatten_results
 from webiml.models.base import IMLModel, IMLOutput
+from webiml.reports import metrics_once
 from webiml.tasks.base import BaseTask, export_checkpoint
 from webiml.tasks.losses import IMLLoss
 
