@@ -26,7 +26,11 @@ K = TypeVar("K")
 
 
 def _as_chw_uint8(image: np.ndarray | Tensor) -> Tensor:
-    t = torch.as_tensor(np.asarray(image)) if not isinstance(image, Tensor) else image
+    if isinstance(image, Tensor):
+        t = image
+    else:
+        arr = np.asarray(image)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # decoded PIL images are read-only
     if t.ndim == 3 and t.shape[-1] == 3 and t.shape[0] != 3:
         t = t.permute(2, 0, 1)
     if t.ndim != 3 or t.shape[0] != 3 or t.dtype != torch.uint8:
