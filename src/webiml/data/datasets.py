@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from webiml.data.manifest import ManifestRecord, read_manifest
 from webiml.data.masks import target_from_mask
 from webiml.data.transforms import collate_iml
-from webiml.io import IMAGE_SUFFIXES, ImageReadError, hwc_to_chw, read_image, read_mask
+from webiml.io import IMAGE_SUFFIXES, ImageReadError, hwc_to_chw, orient_array, read_image_stored, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,18 @@ class SampleError(ValueError):
 
 
 def load_sample(record: ManifestRecord) -> dict[str, Any]:
-    """Decode one record into ``{"image": uint8 (3,H,W), "mask": float (1,H,W), ...}`` in the project convention."""
-    image = read_image(record.image)
+    """Decode one record into ``{"image": uint8 (3,H,W), "mask": float (1,H,W), ...}`` in the project convention.
+
+    The image's EXIF orientation is applied to the image and to its mask together: a mask of the image's
+    stored size is taken in the stored frame (as tools that ignore EXIF wrote it) and turned with the image;
+    a mask already of the displayed size (width and height swapped) is taken as it is."""
+    stored, orientation = read_image_stored(record.image)
+    image = orient_array(stored, orientation)
     h, w = image.shape[:2]
     if record.mask is not None:
         mask = read_mask(record.mask)
+        if mask.shape == stored.shape[:2]:
+            mask = orient_array(mask, orientation)
         if mask.shape != (h, w):
             raise SampleError(f"{record.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image {record.image} is {w}x{h}")
         target = target_from_mask(mask, record.band)[None]

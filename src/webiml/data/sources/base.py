@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from webiml.io import IMAGE_SUFFIXES, ImageReadError, read_mask
+from webiml.io import IMAGE_SUFFIXES, ImageReadError, decode_file, orient_array, read_mask
 
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".npz")
 # Name suffixes that mark a mask file of the same stem as its image ("x_gt.png" pairs with "x.jpg").
@@ -274,15 +274,7 @@ def decode_nonzero(path: str) -> tuple[np.ndarray, bool]:
 def decode_green(path: str, threshold: int = 128) -> tuple[np.ndarray, bool]:
     """Columbia's edge maps: the manipulated region is the one bright in the green channel (JPEG-coded, so
     thresholded at mid-level rather than at > 0)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{path}: cannot decode mask ({err})") from None
+    rgb = orient_array(*decode_file(path, "mask", lambda im: np.asarray(im.convert("RGB"))))
     return ((rgb[..., 1] >= threshold) * 255).astype(np.uint8), True
 
 

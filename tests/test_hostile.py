@@ -1,0 +1,183 @@
+"""Hostile inputs: decompression bombs, EXIF orientation, bad output locations, odd data trees and manifests,
+untrusted checkpoints and configs, non-finite numbers. Every hostile input is made here, in the test."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from webiml.cli import main
+from webiml.io import DEFAULT_MAX_PIXELS, ImageReadError, max_pixels, read_image, read_mask, set_max_pixels
+
+
+def bomb_png(path: Path, width: int = 30000, height: int = 30000) -> Path:
+    """A small PNG whose header declares ``width`` x ``height`` pixels (its pixel data is an 8x8 image's):
+    a reader that trusts the header and decodes it is the target of a decompression bomb."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def oriented_jpeg(path: Path, array: np.ndarray, orientation: int) -> Path:
+    """A JPEG of ``array`` (as stored) with an EXIF orientation tag."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, quality=95, exif=exif)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# decompression bombs
+
+
+def test_default_pixel_limit_fits_the_largest_benchmark_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WEBIML_MAX_PIXELS", raising=False)
+    assert max_pixels() == DEFAULT_MAX_PIXELS >= 5616 * 3744  # NIST16's largest
+    monkeypatch.setenv("WEBIML_MAX_PIXELS", "1000")
+    assert max_pixels() == 1000
+    monkeypatch.setenv("WEBIML_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match="WEBIML_MAX_PIXELS"):
+        max_pixels()
+
+
+@pytest.mark.parametrize("reader", [read_image, read_mask])
+def test_bomb_is_refused_from_its_header(tmp_path: Path, reader) -> None:
+    path = bomb_png(tmp_path / "bomb.png")
+    with pytest.raises(ImageReadError, match=r"bomb\.png: image is .*over the limit") as err:
+        reader(path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ImageReadError, match=r"image is 20000x20000 = 400\.0 Mpx, over the limit of 40 Mpx"):
+        reader(bomb_png(tmp_path / "b400.png", 20000, 20000))  # under PIL's own guard: only a warning there
+    # a moderate size declared in the header is refused under a lower limit, before any decoding
+    path = bomb_png(tmp_path / "big.png", 3000, 3000)
+    set_max_pixels(1_000_000)
+    try:
+        with pytest.raises(ImageReadError, match="over the limit of 1 Mpx"):
+            reader(path)
+    finally:
+        set_max_pixels(None)
+    assert reader(bomb_png(tmp_path / "ok.png", 8, 8)).shape[:2] == (8, 8)
+
+
+def test_localize_skips_a_bomb_and_localizes_the_rest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from webiml.models import SmpIML
+
+    torch.manual_seed(0)
+    SmpIML(arch="FPN").save_pretrained(tmp_path / "model")
+    folder = tmp_path / "imgs"
+    bomb_png(folder / "a_bomb.png")
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "good.png")
+    out = tmp_path / "out"
+    assert main(["localize", str(folder), "-m", str(tmp_path / "model"), "-o", str(out), "--workers", "0"]) == 1
+    assert "a_bomb.png" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [r["name"] for r in rows] == ["good"]
+    assert "over the limit" in json.loads((out / "scores.json").read_text())["failed"][0]["error"]
+
+
+def test_dataset_skips_a_bomb(tmp_path: Path) -> None:
+    from webiml.data.datasets import ManifestDataset
+    from webiml.data.manifest import ManifestRecord
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(good)
+    records = [ManifestRecord(str(bomb_png(tmp_path / "bomb.png")), label=0), ManifestRecord(str(good), label=0)]
+    assert ManifestDataset(records, train=False)[0] is None
+    torch.manual_seed(0)
+    sample = ManifestDataset(records, train=True)[0]  # another sample takes the bomb's place
+    assert sample["path"] == str(good)
+    mask_bomb = [ManifestRecord(str(good), mask=str(bomb_png(tmp_path / "mbomb.png")), label=1)]
+    assert ManifestDataset(mask_bomb, train=False)[0] is None
+
+
+def test_annotate_records_a_bomb_pair_and_reruns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    pairs = tmp_path / "pairs"
+    for name in ("p00", "p01"):
+        (pairs / name).mkdir(parents=True)
+        img = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        Image.fromarray(img).save(pairs / name / "original.png")
+        Image.fromarray(img).save(pairs / name / "forged.png")
+    bomb_png(pairs / "p01" / "forged.png")
+    out = tmp_path / "out"
+    args = ["annotate", str(pairs), "-o", str(out), "--annotator", "baseline", "--no-progress", "--workers", "0"]
+    assert main(args) == 0
+    rows = {r["pair_id"]: r for r in map(json.loads, (out / "annotations.jsonl").read_text().splitlines())}
+    assert rows["p00"]["status"] == "ok" and rows["p01"]["status"] == "failed"
+    assert "over the limit" in rows["p01"]["error"]
+    capsys.readouterr()
+    assert main(args) == 0  # the rerun neither dies on the bomb nor retries it
+    assert "0 this run" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# EXIF orientation
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_like_pil(tmp_path: Path, orientation: int) -> None:
+    stored = np.random.default_rng(orientation).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    stored = np.repeat(np.repeat(stored, 4, 0), 4, 1)  # blocks: JPEG keeps them recognisable
+    path = oriented_jpeg(tmp_path / "x.jpg", stored, orientation)
+    with Image.open(path) as im:
+        expected = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    got = read_image(path)
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+    assert read_image(path, orient=False).shape == stored.shape
+
+
+def test_dataset_turns_image_and_mask_together(tmp_path: Path) -> None:
+    from webiml.data.datasets import load_sample
+    from webiml.data.manifest import ManifestRecord
+
+    stored = np.zeros((64, 96, 3), np.uint8)
+    stored[:16, :32] = 255  # a bright block top-left in the stored frame
+    mask = np.zeros((64, 96), np.uint8)
+    mask[:16, :32] = 255  # its mask, written in the stored frame (as EXIF-unaware tools do)
+    image_path = oriented_jpeg(tmp_path / "x.jpg", stored, 6)  # displayed rotated 90 degrees clockwise: 64 wide, 96 high
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    sample = load_sample(ManifestRecord(str(image_path), mask=str(tmp_path / "m.png"), label=1))
+    assert tuple(sample["image"].shape) == (3, 96, 64) and tuple(sample["mask"].shape) == (1, 96, 64)
+    bright = sample["image"][0] > 128
+    assert torch.equal(bright, sample["mask"][0] > 0.5)  # the mask still covers the block
+    # a mask already drawn on the displayed image is taken as it is
+    Image.fromarray(np.rot90(mask, -1).copy()).save(tmp_path / "m_shown.png")
+    sample = load_sample(ManifestRecord(str(image_path), mask=str(tmp_path / "m_shown.png"), label=1))
+    assert torch.equal(sample["image"][0] > 128, sample["mask"][0] > 0.5)
+
+
+def test_localize_map_has_the_displayed_size(tmp_path: Path) -> None:
+    from webiml.models import SmpIML
+
+    torch.manual_seed(0)
+    SmpIML(arch="FPN").save_pretrained(tmp_path / "model")
+    oriented_jpeg(tmp_path / "imgs" / "turned.jpg", np.full((64, 96, 3), 100, np.uint8), 6)
+    out = tmp_path / "out"
+    assert main(["localize", str(tmp_path / "imgs"), "-m", str(tmp_path / "model"), "-o", str(out), "--workers", "0"]) == 0
+    assert Image.open(out / "turned_prob.png").size == (64, 96)
+
+
+def test_float_tiff_with_nan_pixels_is_reported(tmp_path: Path) -> None:
+    arr = np.zeros((8, 8), np.float32)
+    arr[2, 3] = np.nan
+    arr[4, 4] = np.inf
+    Image.fromarray(arr, mode="F").save(tmp_path / "nan.tif")
+    for reader in (read_image, read_mask):
+        with pytest.raises(ImageReadError, match=r"nan\.tif: .*2 non-finite"):
+            reader(tmp_path / "nan.tif")
