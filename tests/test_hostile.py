@@ -181,3 +181,51 @@ def test_float_tiff_with_nan_pixels_is_reported(tmp_path: Path) -> None:
     for reader in (read_image, read_mask):
         with pytest.raises(ImageReadError, match=r"nan\.tif: .*2 non-finite"):
             reader(tmp_path / "nan.tif")
+
+
+# --------------------------------------------------------------------------------------------------
+# localize output location
+
+
+def _one_image(tmp_path: Path) -> Path:
+    path = tmp_path / "in.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("where", ["existing_file", "under_a_file"])
+def test_localize_refuses_an_unusable_output_before_working(tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str) -> None:
+    (tmp_path / "taken").write_text("not a folder")
+    out = tmp_path / "taken" if where == "existing_file" else tmp_path / "taken" / "sub"
+    # a model that does not exist: the output is checked first, so its error is the one reported
+    status = main(["localize", str(_one_image(tmp_path)), "-m", str(tmp_path / "no-model"), "-o", str(out), "--workers", "0"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert status == 2 and len(printed) == 1
+    assert printed[0].startswith(f"error: {out}") and (tmp_path / "taken").read_text() == "not a folder"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0, reason="root writes anywhere")
+def test_localize_refuses_a_read_only_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        for out in (ro, ro / "sub"):
+            status = main(["localize", str(_one_image(tmp_path)), "-m", str(tmp_path / "no-model"), "-o", str(out)])
+            assert status == 2 and capsys.readouterr().out.startswith(f"error: {out}: cannot write")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_localize_refuses_an_unwritable_folder_simulated(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same check where the tests run as root (who writes anywhere): the folder refuses a file."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    out = tmp_path / "out"
+    status = main(["localize", str(_one_image(tmp_path)), "-m", str(tmp_path / "no-model"), "-o", str(out)])
+    assert status == 2 and capsys.readouterr().out == f"error: {out}: cannot write the results there (Permission denied)\n"
