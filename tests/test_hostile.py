@@ -229,3 +229,36 @@ def test_localize_refuses_an_unwritable_folder_simulated(tmp_path: Path, capsys:
     out = tmp_path / "out"
     status = main(["localize", str(_one_image(tmp_path)), "-m", str(tmp_path / "no-model"), "-o", str(out)])
     assert status == 2 and capsys.readouterr().out == f"error: {out}: cannot write the results there (Permission denied)\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# data: trees, manifests
+
+
+def test_index_does_not_follow_link_loops_or_links_out_of_the_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from webiml.data.manifest import read_manifest
+    from webiml.data.sources.base import find_dirs, list_files
+
+    root = tmp_path / "set"
+    img = np.zeros((16, 16, 3), np.uint8)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 4:8] = 255
+    (root / "Tp" / "sub").mkdir(parents=True)
+    (root / "Gt").mkdir()
+    Image.fromarray(img).save(root / "Tp" / "a.png")
+    Image.fromarray(img).save(root / "Tp" / "sub" / "b.png")
+    Image.fromarray(mask).save(root / "Gt" / "a.png")
+    Image.fromarray(mask).save(root / "Gt" / "b.png")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(img).save(outside / "z.png")
+    (root / "Tp" / "up").symlink_to("..")  # a loop through the parent
+    (root / "Tp" / "sub" / "again").symlink_to("..")  # a loop inside the tree
+    (root / "Tp" / "self").symlink_to(".")
+    (root / "Tp" / "out").symlink_to(outside)  # out of the tree
+    (root / "Tp" / "twice").symlink_to("sub")  # a second way into a folder already listed
+    assert [p.name for p in list_files(root / "Tp")] == ["a.png", "b.png"]
+    assert [p.relative_to(root).as_posix() for p in find_dirs(root, "*", depth=6)] == [".", "Gt", "Tp", "Tp/sub"]  # each once
+    out = tmp_path / "m.jsonl"
+    assert main(["data", "index", "folder", str(root), "-o", str(out), "--workers", "1"]) == 0
+    assert sorted(Path(r.image).name for r in read_manifest(out)) == ["a.png", "b.png"]
