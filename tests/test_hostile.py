@@ -262,3 +262,74 @@ def test_index_does_not_follow_link_loops_or_links_out_of_the_tree(tmp_path: Pat
     out = tmp_path / "m.jsonl"
     assert main(["data", "index", "folder", str(root), "-o", str(out), "--workers", "1"]) == 0
     assert sorted(Path(r.image).name for r in read_manifest(out)) == ["a.png", "b.png"]
+
+
+@pytest.mark.parametrize("weight", ["NaN", "Infinity", "-Infinity", "-1"])
+def test_manifest_refuses_non_finite_or_negative_weights(tmp_path: Path, weight: str) -> None:
+    from webiml.data.manifest import ManifestError, read_manifest
+
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"image": "a.png", "label": 0}\n{"image": "b.png", "label": 0, "weight": %s}\n' % weight)
+    with pytest.raises(ManifestError, match=r"m\.jsonl:2: 'weight' must be a finite number >= 0"):
+        read_manifest(path)
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text(f"image,label,weight\na.png,0,{weight.lower()}\n")
+    with pytest.raises(ManifestError, match=r"m\.csv:2: 'weight'"):
+        read_manifest(csv_path)
+
+
+@pytest.mark.parametrize("label", ["0.5", "2", "NaN", '"x"', "true"])
+def test_manifest_refuses_labels_other_than_0_or_1(tmp_path: Path, label: str) -> None:
+    from webiml.data.manifest import ManifestError, read_manifest
+
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"image": "a.png", "label": %s}\n' % label)
+    if label == "true":  # JSON true is 1
+        assert read_manifest(path)[0].label == 1
+        return
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: (bad )?'label'"):
+        read_manifest(path)
+
+
+def test_manifest_that_is_not_text_is_one_named_error(tmp_path: Path) -> None:
+    from webiml.data.manifest import ManifestError, read_manifest
+
+    (tmp_path / "m.jsonl").write_bytes(b'{"image": "a.png"}\n\xff\xfe\x00garbage\n')
+    with pytest.raises(ManifestError, match=r"m\.jsonl: not UTF-8"):
+        read_manifest(tmp_path / "m.jsonl")
+    (tmp_path / "deep.jsonl").write_text("[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(ManifestError, match=r"deep\.jsonl:1: invalid JSON"):
+        read_manifest(tmp_path / "deep.jsonl")
+    (tmp_path / "m.csv").write_bytes(b"image,label\na.png\x00,0\n")
+    try:
+        read_manifest(tmp_path / "m.csv")  # Python >= 3.11 reads NUL bytes in CSV
+    except ManifestError as err:
+        assert "m.csv" in str(err)
+
+
+@pytest.mark.parametrize("which", ["train", "val"])
+def test_empty_manifest_is_named_before_training(tmp_path: Path, tiny_dataset: Path, which: str) -> None:
+    from webiml.data.datamodule import IMLDataModule
+    from webiml.data.manifest import ManifestError
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    sets = {"train": str(tiny_dataset / "train" / "manifest.jsonl"), "val": str(tiny_dataset / "val" / "manifest.jsonl")}
+    sets[which] = str(empty)
+    dm = IMLDataModule(train=sets["train"], val=sets["val"], batch_size=2)
+    with pytest.raises(ManifestError, match=rf"^{empty}: the manifest has no samples$"):
+        dm.setup("fit")
+
+
+def test_01_mask_is_read_as_0_255_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from webiml.data.datasets import load_sample
+    from webiml.data.manifest import ManifestRecord
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:4] = 1
+    Image.fromarray(mask).save(tmp_path / "m01.png")
+    with caplog.at_level("WARNING", logger="webiml.data.datasets"):
+        sample = load_sample(ManifestRecord(str(tmp_path / "a.png"), mask=str(tmp_path / "m01.png"), label=1))
+    assert float(sample["mask"].sum()) == 32.0  # the top half is manipulated, not an all-zero target
+    assert any("m01.png: a 0/1 mask" in r.getMessage() for r in caplog.records)

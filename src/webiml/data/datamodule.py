@@ -20,7 +20,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from webiml.data.datasets import ManifestDataset, collate_skip_broken, records_from_paths
-from webiml.data.manifest import ManifestRecord, read_manifest
+from webiml.data.manifest import ManifestError, ManifestRecord, read_manifest
 from webiml.data.samplers import SourceBalancedSampler, UnrepeatedDistributedSampler
 from webiml.data.transforms import Compose, Degrade, make_eval_transform, make_train_transform
 
@@ -183,9 +183,13 @@ class IMLDataModule(L.LightningDataModule):
 
     @staticmethod
     def _read(paths: Sequence[str]) -> list[ManifestRecord]:
+        """The records of ``paths``; a manifest without samples is refused (before any training starts)."""
         records: list[ManifestRecord] = []
         for p in paths:
-            records += read_manifest(p)
+            part = read_manifest(p)
+            if not part:
+                raise ManifestError(f"{p}: the manifest has no samples")
+            records += part
         return records
 
     def setup(self, stage: str | None = None) -> None:

@@ -29,6 +29,21 @@ class SampleError(ValueError):
     """A sample is unusable (e.g. its mask and image sizes differ); the message names the files."""
 
 
+_WARNED_01: set[str] = set()
+
+
+def _scale_01_mask(mask: Any, path: str) -> Any:
+    """A hand-written 0/1 mask (maximum 1) would train on an all-zero target: it becomes 0/255, with a warning
+    (once per file and process)."""
+    if mask.size and int(mask.max()) == 1:
+        if path not in _WARNED_01:
+            _WARNED_01.add(path)
+            log.warning("%s: a 0/1 mask (maximum 1, not 255); read as 0/255. Masks are 0 = authentic, 255 = manipulated: "
+                        "convert it (`webiml data index` does) to silence this", path)
+        return mask * 255
+    return mask
+
+
 def load_sample(record: ManifestRecord) -> dict[str, Any]:
     """Decode one record into ``{"image": uint8 (3,H,W), "mask": float (1,H,W), ...}`` in the project convention.
 
@@ -39,7 +54,7 @@ def load_sample(record: ManifestRecord) -> dict[str, Any]:
     image = orient_array(stored, orientation)
     h, w = image.shape[:2]
     if record.mask is not None:
-        mask = read_mask(record.mask)
+        mask = _scale_01_mask(read_mask(record.mask), record.mask)
         if mask.shape == stored.shape[:2]:
             mask = orient_array(mask, orientation)
         if mask.shape != (h, w):
