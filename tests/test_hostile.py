@@ -333,3 +333,120 @@ def test_01_mask_is_read_as_0_255_with_a_warning(tmp_path: Path, caplog: pytest.
         sample = load_sample(ManifestRecord(str(tmp_path / "a.png"), mask=str(tmp_path / "m01.png"), label=1))
     assert float(sample["mask"].sum()) == 32.0  # the top half is manipulated, not an all-zero target
     assert any("m01.png: a 0/1 mask" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints and configs
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from webiml.models import SmpIML
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("saved") / "fpn"
+    SmpIML(arch="FPN").save_pretrained(out)
+    return out
+
+
+def _copy_with_config(saved: Path, dest: Path, config_text: str | None = None, edit=None) -> Path:
+    import shutil
+
+    shutil.copytree(saved, dest)
+    if edit is not None:
+        cfg = json.loads((dest / "config.json").read_text())
+        edit(cfg)
+        config_text = json.dumps(cfg)
+    if config_text is not None:
+        (dest / "config.json").write_text(config_text)
+    return dest
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "must hold a JSON object, got list"),
+    ('"FPN"', "must hold a JSON object, got str"),
+    ('{"architecture": ["SmpIML"]}', "'architecture' must be a class name"),
+    ("\udcff".encode("utf-8", "surrogateescape").decode("latin-1"), "not valid JSON"),
+])
+def test_bad_config_json_is_one_named_line(saved_model: Path, tmp_path: Path, text: str, message: str) -> None:
+    from webiml.hub import CheckpointError, from_pretrained
+
+    folder = _copy_with_config(saved_model, tmp_path / "m", text)
+    with pytest.raises(CheckpointError, match=message) as err:
+        from_pretrained(folder)
+    assert "\n" not in str(err.value) and "m" in str(err.value)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c.update(arch="NoSuchArch"), r"\(key 'arch' = 'NoSuchArch'\)"),
+    (lambda c: c.update(arch_kwargs={"decoder_pyramid_channels": -5}), "config does not build a SmpIML"),
+    (lambda c: c.update(arch_kwargs={"decoder_pyramid_channels": 10**7}), "billion parameters"),
+    (lambda c: c.update(encoder="tu-hf-hub:evil/repo"), r"key 'encoder' = 'tu-hf-hub:evil/repo' names something to fetch"),
+    (lambda c: c.update(arch_kwargs={"x": ["local-dir:/etc"]}), r"key 'arch_kwargs.x\[0\]'"),
+])
+def test_bad_config_values_are_one_named_line(saved_model: Path, tmp_path: Path, edit, message: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from webiml.hub import CheckpointError, from_pretrained
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a checkpoint's config made a network request")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    folder = _copy_with_config(saved_model, tmp_path / "m", edit=edit)
+    with pytest.raises(CheckpointError, match=message) as err:
+        from_pretrained(folder)
+    assert "\n" not in str(err.value) and str(folder / "config.json") in str(err.value)
+
+
+def test_safetensors_metadata_with_bad_json_is_one_named_line(saved_model: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from webiml.hub import CheckpointError, from_pretrained
+
+    state = load_file(str(saved_model / "model.safetensors"))
+    cases = [({"webiml_config": "{oops"}, "invalid JSON"), ({"webiml_config": "[1]"}, "not a JSON object"),
+             ({"webiml_thresholds": "nan-ish{"}, "invalid JSON"), ({"webiml_architecture": "os.system"}, "os.system")]
+    for meta, message in cases:
+        path = tmp_path / "w.safetensors"
+        save_file(state, str(path), metadata={"webiml_architecture": "SmpIML", "webiml_config": "{}", **meta})
+        with pytest.raises(CheckpointError, match=message):
+            from_pretrained(path)
+
+
+def test_apsc_backbone_weights_path_in_a_config_is_never_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config naming a file (torch.load-ed at construction) or a timm name (downloaded) as backbone weights."""
+    from webiml.hub import build_model
+
+    loaded: list[str] = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loaded.append(str(a[0])) or {})
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(b"not really a pickle")
+    config = {"size": "tiny", "backbone_weights": str(evil)}
+    model = build_model("APSCNet", config, where="evil/config.json")
+    assert loaded == [] and model.config.get("backbone_weights") is None
+
+
+def test_non_finite_weights_are_refused_at_save_and_load(saved_model: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from webiml.hub import CheckpointError, from_pretrained
+    from webiml.models import SmpIML
+
+    model = SmpIML.from_pretrained(saved_model)
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("nan"))
+    with pytest.raises(ValueError, match="hold NaN/Inf values"):
+        model.save_pretrained(tmp_path / "nan")
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+    folder = _copy_with_config(saved_model, tmp_path / "inf")
+    state = load_file(str(folder / "model.safetensors"))
+    key = sorted(state)[3]
+    state[key] = torch.full_like(state[key], float("inf"))
+    with __import__("safetensors").safe_open(str(saved_model / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    save_file(state, str(folder / "model.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors: 1 tensor\(s\) hold NaN/Inf values, e\.g\. {key}"):
+        from_pretrained(folder)

@@ -96,9 +96,9 @@ class HubModel(
 
     abstract: ClassVar[bool] = True
     """Set in a class body: a base that is never built from a config (not registered)."""
-    pretrained_init_overrides: ClassVar[dict[str, Any]] = {"encoder_weights": None}
-    """Constructor arguments replaced in a saved config: a checkpoint already holds the encoder's
-    weights, so loading it must not fetch ImageNet weights again."""
+    pretrained_init_overrides: ClassVar[dict[str, Any]] = {"encoder_weights": None, "backbone_weights": None, "weights": None}
+    """Constructor arguments replaced in a saved config (those the constructor takes): a checkpoint already
+    holds the weights, so loading it must not fetch (or read, or unpickle) initial weights again."""
     card_summary: ClassVar[str] = (
         "An image manipulation localization (IML) model from [webiml]({repo_url}): given a photo it predicts a\n"
         "per-pixel map of edited regions and an image-level manipulation score.")
