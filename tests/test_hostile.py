@@ -450,3 +450,56 @@ def test_non_finite_weights_are_refused_at_save_and_load(saved_model: Path, tmp_
     save_file(state, str(folder / "model.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match=rf"model\.safetensors: 1 tensor\(s\) hold NaN/Inf values, e\.g\. {key}"):
         from_pretrained(folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# numerics: a non-finite loss in training
+
+
+def _nan_weight_loader(tmp_path: Path):
+    from torch.utils.data import DataLoader
+
+    from webiml.data.datasets import ManifestDataset, collate_skip_broken
+    from webiml.data.manifest import ManifestRecord
+
+    records = []
+    for i in range(4):
+        path = tmp_path / f"s{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        # a record made in memory (the manifest reader refuses NaN weights): sample 2's weight is NaN
+        records.append(ManifestRecord(str(path), label=0, weight=float("nan") if i == 2 else 1.0))
+    return DataLoader(ManifestDataset(records, train=True), batch_size=2, shuffle=False, collate_fn=collate_skip_broken)
+
+
+def _tiny_task(**kwargs):
+    from webiml.models import SmpIML
+    from webiml.tasks.iml import IMLTask
+
+    torch.manual_seed(0)
+    return IMLTask(SmpIML(arch="FPN", arch_kwargs={"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}),
+                   lr=1e-3, schedule="constant", **kwargs)
+
+
+def test_non_finite_loss_stops_the_run_naming_the_samples(tmp_path: Path) -> None:
+    import lightning as L
+
+    from webiml.tasks.base import NonFiniteLossError
+
+    task = _tiny_task()
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(.*\) at epoch 0, global step 1, batch 1; samples: .*s2\.png, .*s3\.png"):
+        trainer.fit(task, train_dataloaders=_nan_weight_loader(tmp_path))
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        _tiny_task(on_nonfinite="ignore")
+
+
+def test_non_finite_loss_skip_keeps_the_weights_finite(tmp_path: Path) -> None:
+    import lightning as L
+
+    task = _tiny_task(on_nonfinite="skip")
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with pytest.warns(RuntimeWarning, match=r"skipping the batch: non-finite training loss .*s2\.png"):
+        trainer.fit(task, train_dataloaders=_nan_weight_loader(tmp_path))
+    assert all(bool(torch.isfinite(p).all()) for p in task.net.parameters())

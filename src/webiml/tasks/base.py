@@ -38,7 +38,15 @@ from torchmetrics import MetricCollection
 
 from webiml.tasks.optim import adamw_with_schedule
 
-__all__ = ["BaseTask", "class_path_config", "export_checkpoint", "module_config"]
+__all__ = ["BaseTask", "NonFiniteLossError", "class_path_config", "export_checkpoint", "module_config"]
+
+NONFINITE_POLICIES = ("stop", "skip")
+"""``on_nonfinite`` values: what a task does with a NaN / Inf training loss."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; the message names the step and the batch's samples."""
+
 
 EVAL_STAGES = {"fit": ("val",), "validate": ("val",), "test": ("test",)}
 """Evaluation stages whose metrics :meth:`BaseTask.setup` builds, per trainer stage."""
@@ -90,6 +98,8 @@ class BaseTask(L.LightningModule):
             self._hparams_initial = copy.deepcopy(self._hparams)  # what loggers record: configs, not modules
         self.eval_metrics = nn.ModuleDict()
         self._eval_names: dict[str, list[str]] = {}
+        if self.hparams.get("on_nonfinite", "stop") not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.hparams['on_nonfinite']!r}")
 
     # -- the net ------------------------------------------------------------------------------
     load_init_weights: ClassVar[Callable[[nn.Module, str], Any]]
@@ -147,10 +157,40 @@ class BaseTask(L.LightningModule):
     def _batch_size(self, batch: dict[str, Any]) -> int:
         return int(batch[self.image_keys[-1]].shape[0])
 
+    def _sample_names(self, batch: dict[str, Any], limit: int = 8) -> str:
+        """The batch's samples, by file (or pair id, or dataset index), for error messages."""
+        for key in ("path", "pair_id", "forged", "index"):
+            names = batch.get(key)
+            if isinstance(names, Tensor):
+                names = names.tolist()
+            if isinstance(names, list | tuple) and names:
+                shown = ", ".join(str(n) for n in names[:limit])
+                return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+        return "(no sample names in the batch)"
+
+    def _nonfinite_loss(self, parts: dict[str, Tensor], batch: dict[str, Any], batch_idx: int) -> None:
+        """A NaN / Inf training loss: stop with the batch's samples named (``on_nonfinite="stop"``, default) or
+        skip the batch with a warning (``"skip"``; after 20 batches in a row the run stops: the weights have
+        diverged)."""
+        terms = ", ".join(f"{k}={float(v.detach()):g}" for k, v in parts.items())
+        where = f"epoch {self.current_epoch}, global step {self.global_step}, batch {batch_idx}"
+        message = (f"non-finite training loss ({terms}) at {where}; samples: {self._sample_names(batch)}. "
+                   "Lower the learning rate, check these samples (their weights, masks), or set on_nonfinite: skip")
+        policy = self.hparams.get("on_nonfinite", "stop")
+        self._nonfinite_run = getattr(self, "_nonfinite_run", 0) + 1
+        if policy == "skip" and self._nonfinite_run <= 20:
+            warnings.warn(f"skipping the batch: {message}", RuntimeWarning, stacklevel=2)
+            return
+        raise NonFiniteLossError(message)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if batch is None:
             return None
         parts = self.losses(self.forward_batch(batch), batch)
+        if not bool(torch.isfinite(parts["loss"].detach()).all()):
+            self._nonfinite_loss(parts, batch, batch_idx)
+            return None  # no optimiser step on this batch
+        self._nonfinite_run = 0
         bs = self._batch_size(batch)
         self.log_dict({f"train/{k}": v.detach() for k, v in parts.items() if k != "loss"}, batch_size=bs)
         self.log("train/loss", parts["loss"].detach(), batch_size=bs, prog_bar=True)
