@@ -503,3 +503,89 @@ def test_non_finite_loss_skip_keeps_the_weights_finite(tmp_path: Path) -> None:
     with pytest.warns(RuntimeWarning, match=r"skipping the batch: non-finite training loss .*s2\.png"):
         trainer.fit(task, train_dataloaders=_nan_weight_loader(tmp_path))
     assert all(bool(torch.isfinite(p).all()) for p in task.net.parameters())
+
+
+# --------------------------------------------------------------------------------------------------
+# interrupted runs
+
+
+_KILLER = """
+import os, signal
+from lightning.pytorch.callbacks import Callback
+
+class KillAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:  # before ModelCheckpoint's turn: last.ckpt is the step before
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _fit_config(tmp_path: Path, data: Path, run: str, kill_at: int | None) -> Path:
+    import yaml
+
+    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"dirpath": str(tmp_path / run / "ckpt"), "every_n_train_steps": 1, "save_top_k": 0, "save_last": True}}]
+    if kill_at is not None:
+        callbacks.insert(0, {"class_path": "killer.KillAt", "init_args": {"step": kill_at}})
+    config = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 3, "logger": False, "enable_progress_bar": False,
+                    "enable_model_summary": False, "default_root_dir": str(tmp_path / run), "callbacks": callbacks},
+        "model": {"class_path": "webiml.tasks.iml.IMLTask", "init_args": {
+            "lr": 0.01, "schedule": "constant",
+            "net": {"class_path": "webiml.models.SmpIML", "init_args": {
+                "arch": "FPN", "dropout": 0.3,
+                "arch_kwargs": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32, "decoder_dropout": 0.3}}},
+            "gpu_augment": {"class_path": "webiml.data.transforms.GpuAugment"}}},
+        "data": {"class_path": "webiml.data.datamodule.IMLDataModule", "init_args": {
+            "train": str(data / "train" / "manifest.jsonl"), "batch_size": 4, "num_workers": 2, "crop_size": 48,
+            "scale": [0.75, 1.25], "jpeg_p": 0.5}},
+    }
+    path = tmp_path / f"{run}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_fit_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path, tiny_dataset: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "killer.py").write_text(_KILLER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), str(tmp_path)]),
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def fit(config: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "webiml", "fit", "--config", str(config), *extra], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    whole = fit(_fit_config(tmp_path, tiny_dataset, "whole", None))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = fit(_fit_config(tmp_path, tiny_dataset, "parts", 6))  # 4 steps an epoch: killed in the middle of epoch 1
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    first = torch.load(tmp_path / "parts" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert first["global_step"] == 5
+    resumed = fit(_fit_config(tmp_path, tiny_dataset, "parts", None), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "whole" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "parts" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 12
+    diffs = {k: float((a["state_dict"][k].float() - b["state_dict"][k].float()).abs().max()) for k in a["state_dict"]}
+    assert max(diffs.values()) == 0.0, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_seeded_sampler_keeps_the_order_and_skips_once() -> None:
+    from webiml.data.samplers import SourceBalancedSampler
+
+    sources = ["a"] * 5 + ["b"] * 3
+    plain = SourceBalancedSampler(sources, seed=4)
+    seeded = SourceBalancedSampler(sources, seed=4, seeded=True)
+    for s in (plain, seeded):
+        s.set_epoch(2)
+    pairs = list(seeded)
+    assert [i for i, _ in pairs] == list(plain) and len({seed for _, seed in pairs}) == len(pairs)
+    seeded.skip_next(3)
+    assert list(seeded) == pairs[3:] and list(seeded) == pairs  # the skip applies to one pass only

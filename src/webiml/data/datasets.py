@@ -94,7 +94,17 @@ class ManifestDataset(Dataset):
     def sources(self) -> list[str]:
         return [r.source for r in self.records]
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        """A sample by index, or by ``(index, seed)`` (a seeded :class:`SourceBalancedSampler`): then its random
+        transforms draw from torch's RNG seeded with ``seed``, and the global RNG is left as it was."""
+        if isinstance(key, tuple | list):
+            index, seed = int(key[0]), int(key[1])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._get(index)
+        return self._get(int(key))
+
+    def _get(self, index: int) -> dict[str, Any] | None:
         for _ in range(10):
             try:
                 sample = load_sample(self.records[index])

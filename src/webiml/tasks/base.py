@@ -44,6 +44,39 @@ NONFINITE_POLICIES = ("stop", "skip")
 """``on_nonfinite`` values: what a task does with a NaN / Inf training loss."""
 
 
+def _rng_states() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                              "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    np_state = np.random.get_state()
+    states["numpy"] = {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`_rng_states` saved (plain tensors and numbers: loads with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+
+    try:
+        torch.set_rng_state(states["torch"])
+        random.setstate((states["python_version"], tuple(int(v) for v in states["python"]), states["python_gauss"]))
+        n = states["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        warnings.warn(f"the checkpoint's RNG states could not be restored ({err}); the resumed run will not repeat "
+                      "an uninterrupted one exactly", RuntimeWarning, stacklevel=2)
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or Inf; the message names the step and the batch's samples."""
 
@@ -127,6 +160,19 @@ class BaseTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What `webiml export` needs to rebuild the net without the training config.
         checkpoint["webiml_net"] = {"architecture": type(self.net).__name__, "config": module_config(self.net)}
+        # The RNG streams (dropout, device augmentation) so that a resumed run continues them exactly.
+        checkpoint["webiml_rng"] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Restored when the first training batch after resuming reaches the device (before its augmentation):
+        # whatever ran in between (sanity checks, loader start-up) must not shift the streams.
+        self._rng_to_restore = checkpoint.get("webiml_rng")
+
+    def _restore_rng_once(self) -> None:
+        states = getattr(self, "_rng_to_restore", None)
+        if states:
+            _set_rng_states(states)
+        self._rng_to_restore = None
 
     def forward(self, *images: Tensor) -> Any:
         return self.net(*images)
@@ -144,6 +190,7 @@ class BaseTask(L.LightningModule):
         if batch is None:
             return batch
         if self._trainer is not None and self.trainer.training:
+            self._restore_rng_once()
             batch = self.augment_batch(batch)
         for key in self.image_keys:
             batch[key] = self.net.normalize(batch[key])
