@@ -589,3 +589,50 @@ def test_seeded_sampler_keeps_the_order_and_skips_once() -> None:
     assert [i for i, _ in pairs] == list(plain) and len({seed for _, seed in pairs}) == len(pairs)
     seeded.skip_next(3)
     assert list(seeded) == pairs[3:] and list(seeded) == pairs  # the skip applies to one pass only
+
+
+def test_save_pretrained_over_a_folder_changes_it_as_one_unit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import stat
+
+    import webiml.hub
+    from webiml.hub import from_pretrained
+    from webiml.models import SmpIML
+
+    torch.manual_seed(0)
+    old = SmpIML(arch="FPN", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    folder = tmp_path / "model"
+    old.save_pretrained(folder)
+    (folder / "NOTES.txt").write_text("the user's own file")
+    (folder / ".model.safetensors.x1.tmp").write_bytes(b"left by a killed write")  # a killed atomic write
+    (tmp_path / ".model.saving-x2").mkdir()  # a killed save
+    torch.manual_seed(1)
+    new = SmpIML(arch="FPN")  # other weights and other normalisation
+
+    # killed after the weights were written, before config.json (KeyboardInterrupt: a BaseException, as a kill)
+    real = webiml.hub.atomic_write_text
+
+    def die_on_config(path, text):
+        if Path(path).name == "config.json":
+            raise KeyboardInterrupt
+        return real(path, text)
+
+    monkeypatch.setattr(webiml.hub, "atomic_write_text", die_on_config)
+    with pytest.raises(KeyboardInterrupt):
+        new.save_pretrained(folder)
+    monkeypatch.undo()
+    back = from_pretrained(folder)  # the old model, whole: its weights with its normalisation
+    assert torch.allclose(back.input_mean, old.input_mean)
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), old.state_dict().values(), strict=True))
+
+    new.save_pretrained(folder)
+    back = from_pretrained(folder)
+    assert torch.allclose(back.input_mean, new.input_mean)
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), new.state_dict().values(), strict=True))
+    assert (folder / "NOTES.txt").read_text() == "the user's own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging folder left
+    assert sorted(p.name for p in folder.iterdir()) == ["NOTES.txt", "README.md", "config.json", "model.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o666 & ~umask

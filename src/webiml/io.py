@@ -210,6 +210,75 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_folder(path: str | os.PathLike[str], write: Any, keep_others: bool = True) -> Any:
+    """Replace the folder ``path`` as one unit: ``write(staging)`` fills a new hidden folder beside it, which
+    then takes its place (an atomic exchange on Linux; elsewhere two renames), so that a reader sees the old
+    folder or the new one, never a mix. Files and folders of the old one that ``write`` did not write are
+    carried over (``keep_others``). A killed writer leaves only a hidden ``.NAME.saving-*`` folder, removed by
+    the next call. Returns what ``write`` returns."""
+    import shutil
+
+    target = Path(path)
+    if target.is_symlink():
+        target = target.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.saving-*"):  # left by a killed save
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    try:
+        os.chmod(staging, _dir_mode())  # mkdtemp makes 0700; a saved folder gets the usual permissions
+        result = write(staging)
+        if target.is_dir():
+            if keep_others:
+                for entry in target.iterdir():
+                    dest = staging / entry.name
+                    if dest.exists() or dest.is_symlink() or entry.name.endswith(".tmp"):
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.copytree(entry, dest, symlinks=True)
+                    else:
+                        shutil.copy2(entry, dest, follow_symlinks=False)
+            if not _exchange(str(staging), str(target)):
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+                os.rename(target, old / "old")
+                os.rename(staging, target)
+                staging = old
+        elif target.exists():
+            raise FileExistsError(f"{target}: exists and is not a folder")
+        else:
+            os.rename(staging, target)
+            return result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the old folder after the swap, or the new one on failure
+    return result
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _dir_mode() -> int:
+    return 0o777 & ~_umask()
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
