@@ -636,3 +636,20 @@ def test_save_pretrained_over_a_folder_changes_it_as_one_unit(tmp_path: Path, mo
     os.umask(umask)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
     assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o666 & ~umask
+
+
+def test_pair_training_skips_a_bomb_pair(tmp_path: Path) -> None:
+    from webiml.data.pair_datamodule import PairDataset
+    from webiml.data.pairs import PairCategory, PairRecord
+    from webiml.io import ImageReadError
+
+    img = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "o.png")
+    Image.fromarray(img).save(tmp_path / "f.png")
+    records = [PairRecord(str(tmp_path / "o.png"), str(bomb_png(tmp_path / "bomb.png")), category=PairCategory.SDG),
+               PairRecord(str(tmp_path / "o.png"), str(tmp_path / "f.png"), category=PairCategory.SDG)]
+    torch.manual_seed(0)
+    item = PairDataset(records, mode="classifier", size=32, train=True)[0]
+    assert int(item["index"]) == 1  # the good pair took the bomb's place
+    with pytest.raises(ImageReadError, match=r"bomb\.png: image is .*over the limit"):
+        PairDataset(records, mode="classifier", size=32, train=False)[0]
