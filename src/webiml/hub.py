@@ -81,12 +81,61 @@ sha256_of = sha256_file
 """The SHA-256 hex digest of a file (:func:`webiml.io.sha256_file`, kept under this name for callers of the hub API)."""
 
 
+MAX_PARAMETERS = 4_000_000_000
+"""A config building more parameters (and buffers) than this is refused before anything is allocated."""
+
+FETCHING_MARKERS = ("hf-hub:", "hf_hub:", "local-dir:", "http://", "https://", "file:", "s3://", "gs://")
+"""Prefixes by which timm / smp names fetch weights or configs from elsewhere: never followed from a checkpoint."""
+
+
+def neutral_init_overrides(cls: type[HubModel]) -> dict[str, Any]:
+    """``cls.pretrained_init_overrides`` limited to its constructor's parameters: the arguments that would
+    fetch initial weights (``encoder_weights``, ``backbone_weights``...), set to fetch nothing."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in cls.pretrained_init_overrides.items() if k in params}
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _guilty_key(config: dict[str, Any], err: BaseException) -> str:
+    """`` (key 'arch')`` when the error message names a config value (e.g. an unknown smp architecture)."""
+    text = str(err)
+    for key, value in config.items():
+        if isinstance(value, str) and value and value in text:
+            return f" (key {key!r} = {value!r})"
+    return ""
+
+
+def _refuse_fetching(value: Any, where: str, key: str = "") -> None:
+    """Refuse a config whose strings would make timm / smp fetch anything (a Hub repo, a URL, a local folder):
+    a checkpoint holds its own weights, and its config may not cause network access or reads elsewhere."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_fetching(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _refuse_fetching(v, where, f"{key}[{i}]")
+    elif isinstance(value, str) and any(m in value.lower() for m in FETCHING_MARKERS):
+        raise CheckpointError(f"{where}: key {key!r} = {value!r} names something to fetch (a Hub repo, URL or folder); "
+                              "a checkpoint's config may only name built-in encoders")
+
+
 def build_model(architecture: str, config: dict[str, Any], where: str = "<config>",
                 model_class: type[HubModel] = HubModel) -> HubModel:
     """Instantiate a registered architecture from its saved constructor config (no pretrained downloads).
 
     Only classes of :mod:`webiml.models.registry` may be named (IML models and the CAAAv2 pair models),
-    and the class must be ``model_class`` or a subclass of it."""
+    and the class must be ``model_class`` or a subclass of it. Every argument that fetches initial weights
+    is neutralised (:func:`neutral_init_overrides`), names that would fetch anything (``hf-hub:``, URLs,
+    ``local-dir:``) are refused, and the model is first built on the meta device, so that bad or absurd
+    sizes are one :class:`CheckpointError` naming ``where`` and, where it can tell, the key."""
+    if not isinstance(architecture, str):
+        raise CheckpointError(f"{where}: 'architecture' must be a class name (a string), got {type(architecture).__name__}")
     try:
         cls = registry.model_class(architecture)
     except KeyError as err:
@@ -94,13 +143,28 @@ def build_model(architecture: str, config: dict[str, Any], where: str = "<config
     if not issubclass(cls, model_class):
         raise CheckpointError(f"{where}: the model is a {cls.__name__}, not a {model_class.__name__} (or a subclass); "
                               f"load it with webiml.from_pretrained or {cls.__name__}.from_pretrained")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: the model config must be a JSON object, got {type(config).__name__}")
     config = dict(config)
     thresholds = config.pop(THRESHOLDS_KEY, None)
-    cfg = {**config, **{k: v for k, v in cls.pretrained_init_overrides.items() if k in config}}
+    _refuse_fetching(config, where)
+    cfg = {**config, **neutral_init_overrides(cls)}
+    try:
+        with torch.device("meta"):  # sizes are checked on the meta device: nothing is allocated yet
+            probe = cls(**cfg)
+        params = sum(p.numel() for p in probe.parameters()) + sum(b.numel() for b in probe.buffers())
+        del probe
+    except Exception as err:  # unknown names, negative sizes, wrong types: whatever the constructor raises
+        raise CheckpointError(f"{where}: config does not build a {cls.__name__}{_guilty_key(config, err)}: "
+                              f"{type(err).__name__}: {_one_line(err)}") from None
+    if params > MAX_PARAMETERS:
+        raise CheckpointError(f"{where}: config builds a {cls.__name__} of {params / 1e9:.1f} billion parameters, over "
+                              f"webiml's limit of {MAX_PARAMETERS / 1e9:g} billion: absurd sizes in the config")
     try:
         model = cls(**cfg)
-    except TypeError as err:
-        raise CheckpointError(f"{where}: config does not fit {cls.__name__}: {err}") from None
+    except Exception as err:
+        raise CheckpointError(f"{where}: config does not build a {cls.__name__}{_guilty_key(config, err)}: "
+                              f"{type(err).__name__}: {_one_line(err)}") from None
     if thresholds is not None:
         if not isinstance(model, IMLModel):
             raise CheckpointError(f"{where}: '{THRESHOLDS_KEY}' given, but a {cls.__name__} has no decision thresholds")
@@ -130,12 +194,23 @@ def load_safetensors_into(model: HubModel, path: str | os.PathLike[str], *, map_
             f"{path}: weights do not match {type(model).__name__}: {len(missing)} missing keys {missing[:5]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:5]} (pass strict=False to load what matches)"
         )
+    check_finite(state, str(path), CheckpointError)
     wrong = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
     if wrong:
         k = sorted(wrong)[0]
         raise CheckpointError(f"{path}: {len(wrong)} tensors have the wrong shape, e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
     model.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}, strict=strict)
     return model.to(map_location).eval()
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` naming ``where`` and the first tensor with NaN / Inf values (a diverged run's weights)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        k = sorted(bad)[0]
+        n = int((~torch.isfinite(state[k])).sum())
+        raise error(f"{where}: {len(bad)} tensor(s) hold NaN/Inf values, e.g. {k} ({n} of {state[k].numel()}); "
+                    "the weights are broken (a diverged training run?)")
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -174,8 +249,15 @@ def _read_config(path: Path, model_class: type[HubModel] = HubModel) -> tuple[st
     """Architecture and constructor config of a ``config.json``. A config without ``architecture`` (written
     by huggingface_hub's plain mixin, as CAAAv2 parts were before they used webiml's hooks) is read as
     ``model_class`` when that is a registered architecture (``SPGSegmenter.from_pretrained(old_folder)``)."""
-    with path.open(encoding="utf-8") as f:
-        cfg = json.load(f)
+    try:
+        with path.open(encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(f"{path}: not valid JSON ({_one_line(err)})") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object, got {type(cfg).__name__}")
     arch = cfg.pop("architecture", None)
     cfg.pop("webiml_version", None)
     if not arch and registry.is_architecture(model_class.__name__) and registry.model_class(model_class.__name__) is model_class:
@@ -197,8 +279,8 @@ def _config_from_safetensors(path: Path) -> tuple[str, dict[str, Any]] | None:
         config = json.loads(meta.get("webiml_config", "{}"))
         if "webiml_thresholds" in meta:
             config[THRESHOLDS_KEY] = json.loads(meta["webiml_thresholds"])
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{path}: invalid JSON in the file's webiml metadata ({err})") from None
+    except (ValueError, TypeError, RecursionError) as err:
+        raise CheckpointError(f"{path}: invalid JSON in the file's webiml metadata ({_one_line(err)})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: the file's webiml_config metadata is not a JSON object")
     return meta["webiml_architecture"], config
@@ -417,6 +499,7 @@ def write_pretrained(model: HubModel, save_directory: str | os.PathLike[str], *,
     config = {"architecture": type(model).__name__, **model.config, **({THRESHOLDS_KEY: thresholds} if thresholds else {})}
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
+    check_finite(state, f"{type(model).__name__} saved to {out}")  # before anything is written
     meta = {"webiml_architecture": config["architecture"], "webiml_config": json.dumps(model.config, sort_keys=True),
             **({"webiml_thresholds": json.dumps(thresholds, sort_keys=True)} if thresholds else {}), "format": "pt"}
     atomic_write_bytes(out / WEIGHTS_NAME, safetensors_bytes(state, metadata=meta))

@@ -61,6 +61,25 @@ def _unique_names(paths: list[str]) -> list[str]:
     return names
 
 
+def check_output_folder(out: Path) -> str | None:
+    """Why ``out`` cannot take the results (an existing file, a folder or parent that is not writable), or
+    ``None``; checked before any model is loaded or image decoded. Creates the folder when it can."""
+    import os
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        return f"{out}: exists and is not a folder; name a folder for the results with -o"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        return f"{out}: cannot write the results there ({err.strerror or err})"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"{out}: cannot write the results there (not writable)"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="webiml localize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files, folders, .txt lists of paths, or manifests")
@@ -95,6 +114,10 @@ def localize(argv: list[str]) -> int:
     from webiml.reports import write_scores
     from webiml.viz import overlay
 
+    out = Path(args.out)
+    if (problem := check_output_folder(out)) is not None:
+        print(f"error: {problem}")
+        return 2
     try:
         paths = [r.image for r in records_from_paths(args.inputs)]
     except FileNotFoundError as err:
@@ -117,8 +140,6 @@ def localize(argv: list[str]) -> int:
           + (" (model default)" if args.threshold is None else "")
           + f", image threshold {image_threshold:g}" + (" (model default)" if args.image_threshold is None else ""))
     localizer = Localizer(model, device=args.device, tile=args.tile, batch_size=args.batch_size)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     names = _unique_names(paths)
     loader = DataLoader(_Decoded(paths), batch_size=None, num_workers=args.workers, collate_fn=_identity)
     rows: list[dict[str, Any]] = []

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from webiml.data.datasets import ManifestDataset, collate_skip_broken, records_from_paths
-from webiml.data.manifest import ManifestRecord, read_manifest
+from webiml.data.manifest import ManifestError, ManifestRecord, read_manifest
 from webiml.data.photo_pool import make_photo_pool, split_photo_pool  # noqa: F401 (re-exported)
 from webiml.data.samplers import SourceBalancedSampler, UnrepeatedDistributedSampler
 from webiml.data.transforms import Compose, Degrade, make_eval_transform, make_train_transform
@@ -184,10 +186,16 @@ class IMLDataModule(L.LightningDataModule):
 
     @staticmethod
     def _read(paths: Sequence[str]) -> list[ManifestRecord]:
+        """The records of ``paths``; a manifest without samples is refused (before any training starts)."""
         records: list[ManifestRecord] = []
         for p in paths:
-            records += read_manifest(p)
+            part = read_manifest(p)
+            if not part:
+                raise ManifestError(f"{p}: the manifest has no samples")
+            records += part
         return records
+
+    _resume_position: tuple[int, int] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
@@ -230,8 +238,36 @@ class IMLDataModule(L.LightningDataModule):
             raise ValueError("no training data: set data.train (or data.init_args.train) to one or more manifests")
         ds = self._datasets["train"]
         world, rank = self._world()
-        sampler = SourceBalancedSampler(ds.sources, self.hparams.samples_per_source, self.hparams.repeat, world, rank, self.hparams.seed)
-        return self._loader(ds, self.hparams.batch_size, sampler)
+        hp = self.hparams
+        sampler = SourceBalancedSampler(ds.sources, hp.samples_per_source, hp.repeat, world, rank, hp.seed, seeded=True)
+        self._train_sampler = sampler
+        resume, self._resume_position = self._resume_position, None
+        if resume is not None:  # continue the epoch's sample order where the checkpoint left it
+            epoch, done = resume
+            if done >= math.ceil(len(sampler) / hp.batch_size):  # saved at the end of an epoch
+                epoch, done = epoch + 1, 0
+            sampler.set_epoch(epoch)
+            sampler.skip_next(done * hp.batch_size)
+        # worker seeds from the loader's own generator: the global RNG (restored from checkpoints) is not consumed
+        return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers, collate_fn=collate_skip_broken,
+                          pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0, drop_last=False,
+                          generator=torch.Generator().manual_seed(int(hp.seed)))
+
+    # -- resuming: the training position travels in checkpoints ----------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The training sampler's epoch and the batches of it trained (the trainer's count, not the prefetching
+        loader's), so that ``--ckpt_path`` resumes the sample order exactly where the run stopped."""
+        sampler = getattr(self, "_train_sampler", None)
+        trainer = getattr(self, "trainer", None)
+        if sampler is None or trainer is None:
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return {"train_epoch": int(sampler.epoch), "train_batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Applied when the training loader is (re)built: Lightning builds it before restoring its loops.
+        if "train_epoch" in state_dict:
+            self._resume_position = (int(state_dict["train_epoch"]), int(state_dict.get("train_batches_done", 0)))
 
     def _eval_loaders(self, stage: str) -> list[DataLoader]:
         sets = self._datasets.get(stage) or []

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from webiml.data.manifest import ManifestRecord, read_manifest
 from webiml.data.masks import target_from_mask
 from webiml.data.transforms import collate_iml
-from webiml.io import IMAGE_SUFFIXES, ImageReadError, hwc_to_chw, read_image, read_mask
+from webiml.io import IMAGE_SUFFIXES, ImageReadError, hwc_to_chw, orient_array, read_image_stored, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,34 @@ class SampleError(ValueError):
     """A sample is unusable (e.g. its mask and image sizes differ); the message names the files."""
 
 
+_WARNED_01: set[str] = set()
+
+
+def _scale_01_mask(mask: Any, path: str) -> Any:
+    """A hand-written 0/1 mask (maximum 1) would train on an all-zero target: it becomes 0/255, with a warning
+    (once per file and process)."""
+    if mask.size and int(mask.max()) == 1:
+        if path not in _WARNED_01:
+            _WARNED_01.add(path)
+            log.warning("%s: a 0/1 mask (maximum 1, not 255); read as 0/255. Masks are 0 = authentic, 255 = manipulated: "
+                        "convert it (`webiml data index` does) to silence this", path)
+        return mask * 255
+    return mask
+
+
 def load_sample(record: ManifestRecord) -> dict[str, Any]:
-    """Decode one record into ``{"image": uint8 (3,H,W), "mask": float (1,H,W), ...}`` in the project convention."""
-    image = read_image(record.image)
+    """Decode one record into ``{"image": uint8 (3,H,W), "mask": float (1,H,W), ...}`` in the project convention.
+
+    The image's EXIF orientation is applied to the image and to its mask together: a mask of the image's
+    stored size is taken in the stored frame (as tools that ignore EXIF wrote it) and turned with the image;
+    a mask already of the displayed size (width and height swapped) is taken as it is."""
+    stored, orientation = read_image_stored(record.image)
+    image = orient_array(stored, orientation)
     h, w = image.shape[:2]
     if record.mask is not None:
-        mask = read_mask(record.mask)
+        mask = _scale_01_mask(read_mask(record.mask), record.mask)
+        if mask.shape == stored.shape[:2]:
+            mask = orient_array(mask, orientation)
         if mask.shape != (h, w):
             raise SampleError(f"{record.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image {record.image} is {w}x{h}")
         target = target_from_mask(mask, record.band)[None]
@@ -72,7 +94,17 @@ class ManifestDataset(Dataset):
     def sources(self) -> list[str]:
         return [r.source for r in self.records]
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        """A sample by index, or by ``(index, seed)`` (a seeded :class:`SourceBalancedSampler`): then its random
+        transforms draw from torch's RNG seeded with ``seed``, and the global RNG is left as it was."""
+        if isinstance(key, tuple | list):
+            index, seed = int(key[0]), int(key[1])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._get(index)
+        return self._get(int(key))
+
+    def _get(self, index: int) -> dict[str, Any] | None:
         for _ in range(10):
             try:
                 sample = load_sample(self.records[index])

@@ -10,7 +10,8 @@ A manifest is a JSON Lines file (``.jsonl``), one sample per line::
   soft values in between), or ``null`` for an authentic image (an all-zero target).
 - ``label``: image-level label, 1 = manipulated, 0 = authentic.
 - ``source``: name of the dataset the sample came from (used for balanced sampling and per-set metrics).
-- ``weight`` (optional, default 1.0): per-sample loss weight (e.g. a QES-derived weight).
+- ``weight`` (optional, default 1.0): per-sample loss weight (e.g. a QES-derived weight); finite, >= 0
+  (NaN / Infinity are refused when the manifest is read).
 - ``ignore_band`` (optional): ``[low, high]`` thresholds for soft masks (see :mod:`webiml.data.masks`);
   absent means plain binarisation at 128.
 - any other keys are kept in ``extra`` and written back unchanged.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -85,20 +87,27 @@ class ManifestRecord:
         if not row.get("image"):
             raise ManifestError(f"{where}: missing 'image'")
         mask = row.get("mask") or None
+        for key, value in (("image", row["image"]), ("mask", mask)):
+            if value is not None and not isinstance(value, str):
+                raise ManifestError(f"{where}: '{key}' must be a path (a string), got {type(value).__name__}")
         try:
-            label = int(row["label"]) if row.get("label") not in (None, "") else int(mask is not None)
+            raw_label = row.get("label")
+            label = int(mask is not None) if raw_label in (None, "") else float(raw_label)
             weight = float(row["weight"]) if row.get("weight") not in (None, "") else 1.0
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:
             raise ManifestError(f"{where}: bad 'label' or 'weight': {err}") from None
         if label not in (0, 1):
-            raise ManifestError(f"{where}: 'label' must be 0 or 1, got {label}")
+            raise ManifestError(f"{where}: 'label' must be 0 or 1, got {raw_label!r}")
+        label = int(label)
+        if not math.isfinite(weight) or weight < 0:
+            raise ManifestError(f"{where}: 'weight' must be a finite number >= 0, got {row.get('weight')!r}")
         band = row.get("ignore_band")
         if isinstance(band, str):
             band = [b for b in band.replace(";", ",").split(",") if b.strip()] or None
         if band is not None:
             try:
                 low, high = (int(b) for b in band)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ManifestError(f"{where}: 'ignore_band' must be [low, high], got {band!r}") from None
             if not 0 <= low < high <= 255:
                 raise ManifestError(f"{where}: 'ignore_band' must satisfy 0 <= low < high <= 255, got {band!r}")
@@ -114,20 +123,28 @@ def read_manifest(path: str | os.PathLike[str], *, resolve: bool = True) -> list
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     records: list[ManifestRecord] = []
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            for i, row in enumerate(csv.DictReader(f), start=2):
-                records.append(ManifestRecord.from_json(row, f"{path}:{i}"))
-    else:
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ManifestError(f"{path}:{i}: invalid JSON ({err.msg})") from None
-                records.append(ManifestRecord.from_json(row, f"{path}:{i}"))
+    i = 0
+    try:
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="", encoding="utf-8") as f:
+                for i, row in enumerate(csv.DictReader(f), start=2):
+                    records.append(ManifestRecord.from_json(row, f"{path}:{i}"))
+        else:
+            with path.open(encoding="utf-8") as f:
+                for i, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise ManifestError(f"{path}:{i}: invalid JSON ({err.msg})") from None
+                    except RecursionError:
+                        raise ManifestError(f"{path}:{i}: invalid JSON (nested too deeply)") from None
+                    records.append(ManifestRecord.from_json(row, f"{path}:{i}"))
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start} after line {i})") from None
+    except csv.Error as err:
+        raise ManifestError(f"{path}:{i + 1}: malformed CSV ({err})") from None
     if resolve:
         records = [r.resolve(path.parent) for r in records]
     return records

@@ -14,6 +14,8 @@ statistics.
 
 from __future__ import annotations
 
+import logging
+
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +33,9 @@ from webiml.data.masks import IGNORE, target_from_mask
 from webiml.data.pair_synthesis import write_pair_dataset
 from webiml.data.pairs import PairCategory, PairRecord, read_pair_manifest
 from webiml.data.photo_pool import make_photo_pool
-from webiml.io import hwc_to_chw, read_image, read_mask
+from webiml.io import ImageReadError, hwc_to_chw, read_image, read_mask
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MODES", "PairDataModule", "PairDataset"]
 
@@ -95,6 +99,7 @@ class PairDataset(Dataset):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.records = list(records)
+        self._reported: set[int] = set()
         self.mode = mode
         self.size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.train = bool(train)
@@ -126,6 +131,21 @@ class PairDataset(Dataset):
         return target_from_mask(m)[None]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """An item; in training a broken pair (unreadable file, a decompression bomb, mismatched mask) is
+        reported once and another pair takes its place, in evaluation its one-line error stops the run."""
+        for _ in range(10):
+            try:
+                return self._load(index)
+            except (ImageReadError, ValueError) as err:
+                if not self.train:
+                    raise
+                if index not in self._reported:
+                    self._reported.add(index)
+                    log.warning("skipping broken pair %d: %s", index, err)
+                index = int(torch.randint(len(self.records), ()).item())
+        raise RuntimeError(f"10 broken pairs in a row in a dataset of {len(self.records)}; last: {self.records[index].forged}")
+
+    def _load(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         original = hwc_to_chw(read_image(rec.original))
         forged = hwc_to_chw(read_image(rec.forged))

@@ -18,7 +18,7 @@ from PIL import Image
 from webiml.data.arrays import resize_labels, resize_rgb
 from webiml.data.procedural import GENERATOR_VERSION, procedural_scene
 from webiml.data.regions import random_blob_mask
-from webiml.io import IMAGE_SUFFIXES, read_image
+from webiml.io import IMAGE_SUFFIXES, check_pixels, read_image
 
 __all__ = ["SPLIT_SHARES", "PhotoPool", "make_photo_pool", "split_photo_pool"]
 
@@ -39,6 +39,7 @@ def _limit_side(image: np.ndarray, labels: np.ndarray | None, max_side: int | No
 def _read_labels(path: Path) -> np.ndarray:
     """A label map as int32: L/P/I images as is, RGB as ``R + 256 G + 65536 B`` (COCO panoptic)."""
     with Image.open(path) as im:
+        check_pixels(path, im.size)
         im.load()
         if im.mode in ("RGB", "RGBA"):
             a = np.asarray(im.convert("RGB")).astype(np.int32)

@@ -23,6 +23,12 @@ class SourceBalancedSampler(DistributedSampler):
         repeat: per-source multiplier of that count (the MIML recipe's repeat factors), default 1.
         num_replicas, rank: the DDP world; 1 and 0 outside DDP.
         seed: base seed; the epoch (``set_epoch``) is added, as DistributedSampler does.
+        seeded: yield ``(index, sample_seed)`` pairs instead of indices: the seed, a function of (seed, epoch,
+            position), makes each sample's random transforms independent of worker RNG streams, so that a run
+            resumed mid-epoch sees the same crops as an uninterrupted one (:class:`ManifestDataset` takes both).
+
+    :meth:`skip_next` drops the first samples of the next pass (a run resumed mid-epoch continues where it
+    stopped instead of replaying the epoch's first batches).
     """
 
     def __init__(
@@ -33,8 +39,11 @@ class SourceBalancedSampler(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
+        seeded: bool = False,
     ) -> None:
         super().__init__(range(len(sources)), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.seeded = seeded
+        self._skip = 0
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(sources):
             groups.setdefault(s, []).append(i)
@@ -61,7 +70,16 @@ class SourceBalancedSampler(DistributedSampler):
             picks.append(torch.cat(parts))
         order = torch.cat(picks)[torch.randperm(sum(self.counts.values()), generator=g)].tolist()
         order += order[: self.total_size - len(order)]
-        return iter(order[self.rank : self.total_size : self.num_replicas])
+        mine = order[self.rank : self.total_size : self.num_replicas]
+        skip, self._skip = self._skip, 0
+        if self.seeded:
+            seeds = torch.randint(0, 2**62, (self.total_size,), generator=g).tolist()[self.rank : self.total_size : self.num_replicas]
+            return iter(list(zip(mine, seeds, strict=True))[skip:])
+        return iter(mine[skip:])
+
+    def skip_next(self, n: int) -> None:
+        """Leave out the first ``n`` samples (of this rank) of the next pass only."""
+        self._skip = max(0, int(n))
 
     def __len__(self) -> int:
         return self.num_samples
@@ -85,3 +103,4 @@ class UnrepeatedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+

@@ -96,9 +96,9 @@ class HubModel(
 
     abstract: ClassVar[bool] = True
     """Set in a class body: a base that is never built from a config (not registered)."""
-    pretrained_init_overrides: ClassVar[dict[str, Any]] = {"encoder_weights": None}
-    """Constructor arguments replaced in a saved config: a checkpoint already holds the encoder's
-    weights, so loading it must not fetch ImageNet weights again."""
+    pretrained_init_overrides: ClassVar[dict[str, Any]] = {"encoder_weights": None, "backbone_weights": None, "weights": None}
+    """Constructor arguments replaced in a saved config (those the constructor takes): a checkpoint already
+    holds the weights, so loading it must not fetch (or read, or unpickle) initial weights again."""
     card_summary: ClassVar[str] = (
         "An image manipulation localization (IML) model from [webiml]({repo_url}): given a photo it predicts a\n"
         "per-pixel map of edited regions and an image-level manipulation score.")
@@ -132,7 +132,8 @@ class HubModel(
 
     def save_pretrained(self, save_directory: str | Path, *, dtype: torch.dtype | str | None = None,  # type: ignore[override]
                         model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        """Write ``config.json``, ``model.safetensors`` and a model card (README.md), each atomically.
+        """Write ``config.json``, ``model.safetensors`` and a model card (README.md) as one unit: into a new
+        folder beside ``save_directory`` that then replaces it (other files of an existing folder are kept).
 
         ``dtype`` (e.g. ``"float16"``) stores floating-point tensors in that precision (half the file;
         loading casts back to the model's dtype). The model card (:func:`webiml.hub.build_model_card`)
@@ -142,11 +143,15 @@ class HubModel(
         """
         from webiml.hub import CARD_KEYS
 
+        from webiml.io import replace_folder
+
         card = {**(model_card_kwargs or {}), **{k: kwargs.pop(k) for k in list(kwargs) if k in CARD_KEYS}}
         previous = self.__dict__.get("_webiml_save_options")
         self.__dict__["_webiml_save_options"] = {"dtype": dtype, "card": card}
         try:
-            return super().save_pretrained(save_directory, model_card_kwargs=card, **kwargs)
+            # The folder changes as one unit: written beside it, then swapped in (see webiml.io.replace_folder).
+            return replace_folder(save_directory, lambda staging: super(HubModel, self).save_pretrained(
+                staging, model_card_kwargs=card, **kwargs))
         finally:
             self.__dict__["_webiml_save_options"] = previous
 

@@ -38,7 +38,48 @@ from torchmetrics import MetricCollection
 
 from webiml.tasks.optim import adamw_with_schedule
 
-__all__ = ["BaseTask", "class_path_config", "export_checkpoint", "module_config"]
+__all__ = ["BaseTask", "NonFiniteLossError", "class_path_config", "export_checkpoint", "module_config"]
+
+NONFINITE_POLICIES = ("stop", "skip")
+"""``on_nonfinite`` values: what a task does with a NaN / Inf training loss."""
+
+
+def _rng_states() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                              "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    np_state = np.random.get_state()
+    states["numpy"] = {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`_rng_states` saved (plain tensors and numbers: loads with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+
+    try:
+        torch.set_rng_state(states["torch"])
+        random.setstate((states["python_version"], tuple(int(v) for v in states["python"]), states["python_gauss"]))
+        n = states["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        warnings.warn(f"the checkpoint's RNG states could not be restored ({err}); the resumed run will not repeat "
+                      "an uninterrupted one exactly", RuntimeWarning, stacklevel=2)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; the message names the step and the batch's samples."""
+
 
 EVAL_STAGES = {"fit": ("val",), "validate": ("val",), "test": ("test",)}
 """Evaluation stages whose metrics :meth:`BaseTask.setup` builds, per trainer stage."""
@@ -90,6 +131,8 @@ class BaseTask(L.LightningModule):
             self._hparams_initial = copy.deepcopy(self._hparams)  # what loggers record: configs, not modules
         self.eval_metrics = nn.ModuleDict()
         self._eval_names: dict[str, list[str]] = {}
+        if self.hparams.get("on_nonfinite", "stop") not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.hparams['on_nonfinite']!r}")
 
     # -- the net ------------------------------------------------------------------------------
     load_init_weights: ClassVar[Callable[[nn.Module, str], Any]]
@@ -117,6 +160,19 @@ class BaseTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What `webiml export` needs to rebuild the net without the training config.
         checkpoint["webiml_net"] = {"architecture": type(self.net).__name__, "config": module_config(self.net)}
+        # The RNG streams (dropout, device augmentation) so that a resumed run continues them exactly.
+        checkpoint["webiml_rng"] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Restored when the first training batch after resuming reaches the device (before its augmentation):
+        # whatever ran in between (sanity checks, loader start-up) must not shift the streams.
+        self._rng_to_restore = checkpoint.get("webiml_rng")
+
+    def _restore_rng_once(self) -> None:
+        states = getattr(self, "_rng_to_restore", None)
+        if states:
+            _set_rng_states(states)
+        self._rng_to_restore = None
 
     def forward(self, *images: Tensor) -> Any:
         return self.net(*images)
@@ -134,6 +190,7 @@ class BaseTask(L.LightningModule):
         if batch is None:
             return batch
         if self._trainer is not None and self.trainer.training:
+            self._restore_rng_once()
             batch = self.augment_batch(batch)
         for key in self.image_keys:
             batch[key] = self.net.normalize(batch[key])
@@ -147,10 +204,40 @@ class BaseTask(L.LightningModule):
     def _batch_size(self, batch: dict[str, Any]) -> int:
         return int(batch[self.image_keys[-1]].shape[0])
 
+    def _sample_names(self, batch: dict[str, Any], limit: int = 8) -> str:
+        """The batch's samples, by file (or pair id, or dataset index), for error messages."""
+        for key in ("path", "pair_id", "forged", "index"):
+            names = batch.get(key)
+            if isinstance(names, Tensor):
+                names = names.tolist()
+            if isinstance(names, list | tuple) and names:
+                shown = ", ".join(str(n) for n in names[:limit])
+                return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+        return "(no sample names in the batch)"
+
+    def _nonfinite_loss(self, parts: dict[str, Tensor], batch: dict[str, Any], batch_idx: int) -> None:
+        """A NaN / Inf training loss: stop with the batch's samples named (``on_nonfinite="stop"``, default) or
+        skip the batch with a warning (``"skip"``; after 20 batches in a row the run stops: the weights have
+        diverged)."""
+        terms = ", ".join(f"{k}={float(v.detach()):g}" for k, v in parts.items())
+        where = f"epoch {self.current_epoch}, global step {self.global_step}, batch {batch_idx}"
+        message = (f"non-finite training loss ({terms}) at {where}; samples: {self._sample_names(batch)}. "
+                   "Lower the learning rate, check these samples (their weights, masks), or set on_nonfinite: skip")
+        policy = self.hparams.get("on_nonfinite", "stop")
+        self._nonfinite_run = getattr(self, "_nonfinite_run", 0) + 1
+        if policy == "skip" and self._nonfinite_run <= 20:
+            warnings.warn(f"skipping the batch: {message}", RuntimeWarning, stacklevel=2)
+            return
+        raise NonFiniteLossError(message)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if batch is None:
             return None
         parts = self.losses(self.forward_batch(batch), batch)
+        if not bool(torch.isfinite(parts["loss"].detach()).all()):
+            self._nonfinite_loss(parts, batch, batch_idx)
+            return None  # no optimiser step on this batch
+        self._nonfinite_run = 0
         bs = self._batch_size(batch)
         self.log_dict({f"train/{k}": v.detach() for k, v in parts.items() if k != "loss"}, batch_size=bs)
         self.log("train/loss", parts["loss"].detach(), batch_size=bs, prog_bar=True)

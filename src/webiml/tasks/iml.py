@@ -50,6 +50,8 @@ class IMLTask(BaseTask):
         init_weights: start from a pretrained model (catalogue name, Hub id, folder or .safetensors): its
             weights are loaded strictly into ``net``; if ``net`` is omitted the pretrained model itself is used.
         freeze_encoder: keep the encoder's weights fixed (fine-tuning the decoder and heads only).
+        on_nonfinite: a NaN / Inf training loss ``"stop"`` s the run with the step and the batch's sample files
+            named (default), or the batch is ``"skip"`` ped with a warning (at most 20 in a row).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class IMLTask(BaseTask):
         threshold: float = 0.5,
         init_weights: str | None = None,
         freeze_encoder: bool = False,
+        on_nonfinite: str = "stop",
     ) -> None:
         super().__init__()  # hyperparameters: the net (and gpu_augment) stored as class_path configs
         self.net = self.build_net(net, init_weights, freeze_encoder)

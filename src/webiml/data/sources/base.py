@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from webiml.io import IMAGE_SUFFIXES, ImageReadError, read_mask
+from webiml.io import IMAGE_SUFFIXES, ImageReadError, decode_file, orient_array, read_mask
 
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".npz")
 # Name suffixes that mark a mask file of the same stem as its image ("x_gt.png" pairs with "x.jpg").
@@ -133,31 +133,72 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
 
 
-def list_files(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES, recursive: bool = True) -> list[Path]:
-    """Files under ``folder`` whose suffix (case-insensitive) is in ``suffixes``, sorted; hidden files skipped."""
+def _subdirs(folder: str, root: str, seen: set[tuple[int, int]]) -> list[str]:
+    """The sub-folders of ``folder`` to descend into, sorted: hidden ones, links to folders outside ``root``
+    (a real path) and folders already visited (a link loop, e.g. a link to ``..``) are skipped."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:  # vanished, not a folder, no permission, too many levels of links
+        return []
     out: list[str] = []
+    for e in entries:
+        try:
+            if _hidden(e.name) or not e.is_dir():
+                continue
+            if e.is_symlink():
+                real = os.path.realpath(e.path)
+                if os.path.commonpath([real, root]) != root:
+                    continue
+            st = os.stat(e.path)
+        except (OSError, ValueError):
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key not in seen:
+            seen.add(key)
+            out.append(e.path)
+    return out
+
+
+def _walk_start(folder: Path) -> tuple[str, set[tuple[int, int]]]:
+    root = os.path.realpath(folder)
+    try:
+        st = os.stat(root)
+        return root, {(st.st_dev, st.st_ino)}
+    except OSError:
+        return root, set()
+
+
+def list_files(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES, recursive: bool = True) -> list[Path]:
+    """Files under ``folder`` whose suffix (case-insensitive) is in ``suffixes``, sorted; hidden files skipped.
+    Each folder is listed once: links to folders outside ``folder`` and link loops are not followed."""
+    out: list[str] = []
+    root, seen = _walk_start(folder)
     stack = [str(folder)]
     while stack:
         current = stack.pop()
         try:
             entries = list(os.scandir(current))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+        except OSError:
             continue
         for e in entries:
-            if _hidden(e.name):
+            try:
+                if _hidden(e.name) or e.is_dir():
+                    continue
+            except OSError:
                 continue
-            if e.is_dir():
-                if recursive:
-                    stack.append(e.path)
-            elif os.path.splitext(e.name)[1].lower() in suffixes:
+            if os.path.splitext(e.name)[1].lower() in suffixes:
                 out.append(e.path)
+        if recursive:
+            stack += _subdirs(current, root, seen)
     return [Path(p) for p in sorted(out)]
 
 
 def find_dirs(root: Path, *patterns: str, depth: int = 3) -> list[Path]:
     """Folders under ``root`` (itself included, up to ``depth`` levels) whose lower-cased name matches one
-    of the glob ``patterns`` (lower-case), shallowest first, then sorted by path."""
+    of the glob ``patterns`` (lower-case), shallowest first, then sorted by path. Links to folders outside
+    ``root`` and link loops are not followed."""
     found: list[Path] = []
+    real_root, seen = _walk_start(root)
     level = [root]
     for d in range(depth + 1):
         nxt: list[Path] = []
@@ -165,10 +206,7 @@ def find_dirs(root: Path, *patterns: str, depth: int = 3) -> list[Path]:
             if d > 0 and any(fnmatch.fnmatchcase(folder.name.lower(), p) for p in patterns):
                 found.append(folder)
             if d < depth:
-                try:
-                    nxt += sorted(Path(e.path) for e in os.scandir(folder) if e.is_dir() and not _hidden(e.name))
-                except (FileNotFoundError, NotADirectoryError, PermissionError):
-                    pass
+                nxt += [Path(p) for p in _subdirs(str(folder), real_root, seen)]
         level = nxt
     if any(fnmatch.fnmatchcase(root.name.lower(), p) for p in patterns):
         found.insert(0, root)
@@ -274,15 +312,7 @@ def decode_nonzero(path: str) -> tuple[np.ndarray, bool]:
 def decode_green(path: str, threshold: int = 128) -> tuple[np.ndarray, bool]:
     """Columbia's edge maps: the manipulated region is the one bright in the green channel (JPEG-coded, so
     thresholded at mid-level rather than at > 0)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{path}: cannot decode mask ({err})") from None
+    rgb = orient_array(*decode_file(path, "mask", lambda im: np.asarray(im.convert("RGB"))))
     return ((rgb[..., 1] >= threshold) * 255).astype(np.uint8), True
 
 

@@ -49,7 +49,7 @@ from PIL import Image, UnidentifiedImageError
 from webiml.data.manifest import ManifestRecord, write_manifest
 from webiml.data.masks import BINARY, IgnoreBand
 from webiml.data.sources.base import Candidate, Source, decode_mask
-from webiml.io import ImageReadError, atomic_write_text, save_image, sha256_file
+from webiml.io import ImageReadError, atomic_write_text, check_pixels, save_image, sha256_file
 
 POLICIES = ("fix", "skip", "fail")
 CHECKS = ("full", "header", "none")
@@ -105,9 +105,12 @@ def image_size(path: str, check: str) -> tuple[int, int] | None:
         return None
     try:
         with Image.open(path) as im:
+            check_pixels(path, im.size)  # from the header: a decompression bomb is never decoded
             if check == "full":
                 im.load()
             return im.size
+    except ImageReadError:
+        raise
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
