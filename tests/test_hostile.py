@@ -269,7 +269,7 @@ def test_manifest_refuses_non_finite_or_negative_weights(tmp_path: Path, weight:
     from webiml.data.manifest import ManifestError, read_manifest
 
     path = tmp_path / "m.jsonl"
-    path.write_text('{"image": "a.png", "label": 0}\n{"image": "b.png", "label": 0, "weight": %s}\n' % weight)
+    path.write_text(f'{{"image": "a.png", "label": 0}}\n{{"image": "b.png", "label": 0, "weight": {weight}}}\n')
     with pytest.raises(ManifestError, match=r"m\.jsonl:2: 'weight' must be a finite number >= 0"):
         read_manifest(path)
     csv_path = tmp_path / "m.csv"
@@ -283,7 +283,7 @@ def test_manifest_refuses_labels_other_than_0_or_1(tmp_path: Path, label: str) -
     from webiml.data.manifest import ManifestError, read_manifest
 
     path = tmp_path / "m.jsonl"
-    path.write_text('{"image": "a.png", "label": %s}\n' % label)
+    path.write_text(f'{{"image": "a.png", "label": {label}}}\n')
     if label == "true":  # JSON true is 1
         assert read_manifest(path)[0].label == 1
         return

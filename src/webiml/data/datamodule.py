@@ -11,9 +11,9 @@ after transfer (see :class:`~webiml.tasks.iml.IMLTask`).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
-import math
 from pathlib import Path
 from typing import Any
 

@@ -15,7 +15,6 @@ statistics.
 from __future__ import annotations
 
 import logging
-
 import os
 from collections.abc import Sequence
 from pathlib import Path

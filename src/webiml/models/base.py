@@ -142,7 +142,6 @@ class HubModel(
         :meth:`huggingface_hub.ModelHubMixin.save_pretrained`'s (``push_to_hub``, ``repo_id``, ...).
         """
         from webiml.hub import CARD_KEYS
-
         from webiml.io import replace_folder
 
         card = {**(model_card_kwargs or {}), **{k: kwargs.pop(k) for k in list(kwargs) if k in CARD_KEYS}}
