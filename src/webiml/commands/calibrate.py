@@ -81,14 +81,9 @@ def calibrate(argv: list[str]) -> int:
     if not paths:
         print("error: no authentic photos found in --authentic")
         return 2
-    from webiml.hub import CheckpointError
     from webiml.models.base import IMLModel
 
-    try:
-        model = from_pretrained(args.model, model_class=IMLModel)
-    except CheckpointError as err:
-        print(f"error: {err}")
-        return 2
+    model = from_pretrained(args.model, model_class=IMLModel)  # a CheckpointError is one `error:` line (cli.main)
     localizer = Localizer(model, device=args.device)
     scores: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for path in tqdm(paths, desc="authentic", unit="img"):

@@ -63,14 +63,9 @@ def demo(argv: list[str]) -> int:
     _write_photos(out / "photos")
     pool = PhotoPool.from_folder(out / "photos", max_side=512)
     rng = np.random.default_rng(args.seed)
-    from webiml.hub import CheckpointError
     from webiml.models.base import IMLModel
 
-    try:
-        model = from_pretrained(args.model, model_class=IMLModel)
-    except CheckpointError as err:
-        print(f"error: {err}")
-        return 2
+    model = from_pretrained(args.model, model_class=IMLModel)  # a CheckpointError is one `error:` line (cli.main)
     localizer = Localizer(model, device=args.device)
     pixel, image_m = PixelMetrics(), ImageMetrics()
     rows: list[ReportRow] = []

@@ -126,14 +126,9 @@ def localize(argv: list[str]) -> int:
     if not paths:
         print("error: no images found in the inputs")
         return 2
-    from webiml.hub import CheckpointError
     from webiml.models.base import IMLModel
 
-    try:
-        model = from_pretrained(args.model, model_class=IMLModel)
-    except CheckpointError as err:
-        print(f"error: {err}")
-        return 2
+    model = from_pretrained(args.model, model_class=IMLModel)  # a CheckpointError is one `error:` line (cli.main)
     pixel_threshold = float(model.pixel_threshold if args.threshold is None else args.threshold)
     image_threshold = float(model.image_threshold if args.image_threshold is None else args.image_threshold)
     print(f"model {args.model}: pixel threshold {pixel_threshold:g}"
