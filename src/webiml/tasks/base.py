@@ -368,7 +368,10 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     except FileNotFoundError:
         raise CheckpointError(f"{checkpoint}: file not found") from None
     except Exception as err:
-        raise CheckpointError(f"{checkpoint}: not a readable Lightning checkpoint with plain data ({str(err)[:300]})") from None
+        # torch's own message advises weights_only=False, i.e. running the file's code: never pass that on.
+        reason = str(err).splitlines()[-1] if "weights_only" not in str(err) else "it holds objects other than tensors and plain data"
+        raise CheckpointError(f"{checkpoint}: refused, not a Lightning checkpoint of plain data ({reason[:200]}); "
+                              "webiml never unpickles code from a file") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{checkpoint}: no 'state_dict'; not a Lightning checkpoint")
     info = ckpt.get("webiml_net")
