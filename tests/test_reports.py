@@ -125,7 +125,7 @@ def test_demo_page_in_browser(tmp_path: Path) -> None:
     for s in samples:
         called = "manipulated" if s["image_score"] >= 0.625 else "authentic"
         assert s["verdict"] == called and f"{s['sample']}\ntruth: " in shown
-        assert f"image score: {s['image_score']:.3f} {'>=' if called == 'manipulated' else '<'} 0.625" in shown
+        assert f"image score: {s['image_score']:.3f} {'≥' if called == 'manipulated' else '<'} 0.625" in shown
     assert sum(src.endswith("_heatmap.png") for src, _ in images) == 3
 
 

@@ -90,7 +90,7 @@ def demo(argv: list[str]) -> int:
         called = verdict(result.image_score, image_threshold)
         fields = [("truth", f"manipulated ({forgery.kind})" if forgery.label else "authentic"),
                   ("verdict", f"called {called}"),
-                  ("image score", f"{result.image_score:.3f} {'>=' if called == 'manipulated' else '<'} {image_threshold:g}")]
+                  ("image score", f"{result.image_score:.3f} {'≥' if called == 'manipulated' else '<'} {image_threshold:g}")]
         if forgery.label:
             fields += [("pixel F1", f"{per['f1']:.3f}"), ("pixel IoU", f"{per['iou']:.3f}")]
         rows.append({"title": stem, "fields": fields, "images": [
