@@ -1,8 +1,8 @@
-"""Plot a manipulation heatmap next to the photo, without notebooks or plotting libraries.
+"""Plot a manipulation heatmap next to the photo, without notebooks (no pyplot window).
 
     python examples/plot_heatmap.py photo.jpg heatmap.png [--model NAME_OR_PATH]
 
-Writes one PNG: the photo | the heatmap (dark blue = authentic, yellow = manipulated) | the overlay.
+Writes one PNG: the photo | the heatmap (dark purple = authentic, yellow = manipulated) | the overlay.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def test_demo_writes_page(model_dir: Path, tmp_path: Path, capsys: pytest.Captur
     out = tmp_path / "demo"
     assert main(["demo", "-m", str(model_dir), "-o", str(out), "-n", "3"]) == 0
     page = (out / "index.html").read_text()
-    assert page.count("<tr>") == 3 and "ground truth" in page
+    assert page.count("verdict: <span") == 3 and "ground truth" in page and "colour_bar.png" in page
     summary = json.loads((out / "summary.json").read_text())
     assert "pixel_f1" in summary["metrics"] and len(summary["samples"]) == 3
     assert "pixel F1" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,8 @@ def histogram_figure(values: list[float], path: Path, xlabel: str, title: str, t
     return _save_figure(fig, path)
 
 
-def colour_bar_figure(path: Path, threshold: float | None = None) -> str:
-    """The heatmap's colour scale (:func:`webiml.viz.colorize`), probability 0 to 1, the pixel threshold marked."""
+def colour_bar_figure(path: Path, threshold: float | None = None, label: str = "manipulation probability") -> str:
+    """The heatmap's colour scale (:func:`webiml.viz.colorize`), 0 to 1, the pixel threshold marked (white line)."""
     import numpy as np
 
     from webiml.viz import colorize
@@ -123,14 +124,15 @@ def colour_bar_figure(path: Path, threshold: float | None = None) -> str:
     fig, ax = plt.subplots(figsize=(4, 0.6))
     ax.imshow(colorize(np.linspace(0, 1, 256)[None].repeat(8, 0)), aspect="auto", extent=(0, 1, 0, 1))
     ax.set_yticks([])
-    ax.set_xlabel("manipulation probability")
     if threshold is not None:
         ax.axvline(threshold, color="white", linewidth=2)
+        label += f" (white line: pixel threshold {threshold:g})"
+    ax.set_xlabel(label)
     return _save_figure(fig, path)
 
 
 # -- the page -----------------------------------------------------------------------------------------------
-_TEMPLATE = """<!doctype html>
+_BASE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:2em;background:#fafafa;color:#222}
@@ -138,15 +140,24 @@ table{border-collapse:collapse;margin:0.5em 0}td,th{padding:4px 8px;border-botto
 th:first-child,td:first-child{text-align:left}.row{display:flex;gap:8px;align-items:flex-start;margin:1em 0;flex-wrap:wrap}
 figure{margin:0;text-align:center;font-size:0.85em}figure img{max-width:240px;max-height:240px;border:1px solid #ccc}
 .plots img{max-width:420px}.key span{display:inline-block;width:1em;height:1em;vertical-align:middle;margin:0 4px 0 12px}
+.key span.line{height:0;border-top:3px solid}.colour-bar{max-width:420px}
 .scores{min-width:180px;font-size:0.9em}.verdict-m{color:#c0392b;font-weight:bold}.verdict-a{color:#27ae60;font-weight:bold}
+{% block style %}{% endblock %}
 </style></head><body>
 <h1>{{ title }}</h1>
+{% block body %}{% endblock %}
+</body></html>
+"""
+"""The pages' frame (title, style); a page's template extends it (``{% extends "base.html" %}``)."""
+
+_TEMPLATE = """{% extends "base.html" %}{% block body %}
 {% if intro %}<p>{{ intro }}</p>{% endif %}
-<p>Thresholds: pixel <b>{{ "%g"|format(pixel_threshold) }}</b> (mask and error map), image <b>{{ "%g"|format(image_threshold) }}</b>
+<p class="thresholds">Thresholds: pixel <b>{{ "%g"|format(pixel_threshold) }}</b> (mask{% if has_truth %} and error map{% endif %}), image <b>{{ "%g"|format(image_threshold) }}</b>
 (verdict "manipulated" when the image score is at least this).</p>
-<p class="key">Overlay: red tint = manipulation probability, yellow outline = the mask at the pixel threshold.
-{% if has_truth %}Error map:{% for name, rgb in error_colours %}<span style="background:rgb{{ rgb }}"></span>{{ name }}{% endfor %}{% endif %}</p>
-<p>Heatmap colours:<br><img src="{{ colour_bar }}" alt="colour bar" style="max-width:420px"></p>
+<p class="key">Overlay:<span style="background:rgb{{ overlay_tint }}"></span>red tint = manipulation probability (the deeper, the higher)
+<span class="line" style="border-color:rgb{{ outline_colour }}"></span>outline = the mask at the pixel threshold.
+{% if has_truth %}<br>Error map:{% for name, rgb in error_colours %}<span style="background:rgb{{ rgb }}"></span>{{ name }}{% endfor %}{% endif %}</p>
+<p>Heatmap colours:<br><img class="colour-bar" src="{{ colour_bar }}" alt="colour bar"></p>
 {% for set in sets %}
 <h2 id="set-{{ set.name }}">{{ set.name }}</h2>
 {% if set.metrics %}<table><tr><th>metric</th><th>value</th></tr>
@@ -154,12 +165,32 @@ figure{margin:0;text-align:center;font-size:0.85em}figure img{max-width:240px;ma
 <div class="row plots">{% for caption, src in set.plots %}<figure><img src="{{ src }}" alt="{{ caption }}"><figcaption>{{ caption }}</figcaption></figure>{% endfor %}</div>
 {% if set.rows %}<h3>{{ set.rows_title }}</h3>{% endif %}
 {% for row in set.rows %}<div class="row">
-<div class="scores"><b>{{ row.title }}</b><br>{% for key, value in row.fields %}{{ key }}: {% if key == "verdict" %}<span class="verdict-{{ value[0] }}">{{ value }}</span>{% else %}{{ value }}{% endif %}<br>{% endfor %}</div>
+<div class="scores"><b>{{ row.title }}</b><br>{% for key, value in row.fields %}{{ key }}: {% if key == "verdict" %}<span class="verdict-{{ 'a' if value.endswith('authentic') else 'm' }}">{{ value }}</span>{% else %}{{ value }}{% endif %}<br>{% endfor %}</div>
 {% for caption, src in row.images %}<figure><img src="{{ src }}" alt="{{ caption }}"><figcaption>{{ caption }}</figcaption></figure>{% endfor %}
 </div>{% endfor %}
 {% endfor %}
-</body></html>
+{% endblock %}
 """
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> Any:
+    """The pages' jinja2 environment: autoescaped, undefined names are errors, ``base.html`` and ``report.html``
+    loadable by name."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.DictLoader({"base.html": _BASE, "report.html": _TEMPLATE}),
+                              autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def render_page(path: Path, template: str, **context: Any) -> Path:
+    """Render ``template`` (a template name or its source, e.g. ``{% extends "base.html" %}...``) with
+    ``context`` and write it atomically to ``path``."""
+    env = environment()
+    tpl = env.get_template(template) if template in env.loader.list_templates() else env.from_string(template)
+    path = Path(path)
+    atomic_write_text(path, tpl.render(**context))
+    return path
 
 
 def format_value(value: Any) -> str:
@@ -180,16 +211,14 @@ def render_report(path: Path, *, title: str, sets: list[dict[str, Any]], pixel_t
     """Write the HTML page (jinja2, autoescaped) atomically; images are referenced relative to it. ``sets``:
     dicts with ``name``, ``metrics`` [(key, text)], ``plots`` [(caption, src)], ``rows_title`` and ``rows``
     [{title, fields [(key, text)], images [(caption, src)]}]."""
-    import jinja2
+    from webiml.viz import OUTLINE_COLOUR, OVERLAY_TINT
 
     path = Path(path)
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     colour_bar = colour_bar_figure(path.parent / "colour_bar.png", pixel_threshold)
-    text = env.from_string(_TEMPLATE).render(
-        title=title, intro=intro, sets=sets, pixel_threshold=pixel_threshold, image_threshold=image_threshold,
-        has_truth=has_truth, error_colours=[(k, v) for k, v in ERROR_COLOURS.items() if k != "TN"], colour_bar=colour_bar)
-    atomic_write_text(path, text)
-    return path
+    return render_page(path, "report.html", title=title, intro=intro, sets=sets, pixel_threshold=pixel_threshold,
+                       image_threshold=image_threshold, has_truth=has_truth, overlay_tint=OVERLAY_TINT,
+                       outline_colour=OUTLINE_COLOUR, colour_bar=colour_bar,
+                       error_colours=[(k, v) for k, v in ERROR_COLOURS.items() if k != "TN"])
 
 
 def verdict(score: float, image_threshold: float) -> str:

@@ -328,15 +328,33 @@ def finalize(
     return summary
 
 
-def _write_contact_sheet(out: Path, rows: list[dict[str, Any]], summary: AnnotationSummary) -> None:
-    from webiml.io import read_mask
-    from webiml.viz import ReportRow, write_report
+_CONTACT_SHEET = """{% extends "base.html" %}
+{% block style %}table.sheet td{text-align:center;vertical-align:top}table.sheet td.f{text-align:left;white-space:nowrap;font-size:0.9em}
+table.sheet img{max-width:256px;max-height:256px;border:1px solid #ccc}{% endblock %}
+{% block body %}
+<p class="thresholds">{{ summary.pairs }} pairs: {{ summary.kept }} kept, {{ summary.dropped }} dropped
+(QES threshold <b>{{ "%g"|format(summary.qes_threshold) }}</b>: kept when the QES is above it), {{ summary.failed }} failed.
+Showing the first {{ rows|length }}.</p>
+<p>Mask colours (soft mask values):<br><img class="colour-bar" src="{{ colour_bar }}" alt="colour bar"></p>
+<table class="sheet">
+{% for row in rows %}<tr><td class="f"><b>{{ row.pair_id }}</b><br>{% for key, value in row.fields %}{{ key }}: {{ value }}<br>{% endfor %}</td>
+{% for caption, src in row.images %}<td><img src="{{ src }}" alt="{{ caption }}"><br>{{ caption }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% endblock %}
+"""
 
-    report = []
+
+def _write_contact_sheet(out: Path, rows: list[dict[str, Any]], summary: AnnotationSummary) -> None:
+    """``index.html``: per pair its thumbnails (original, forgery, coloured mask) and QES / kept / category /
+    alignment / size, or the error of a failed pair (jinja2, autoescaped, :mod:`webiml.reports`' page frame)."""
+    from webiml.io import read_mask
+    from webiml.reports import colour_bar_figure, render_page
+
+    sheet = []
     for row in rows:
         pid = row["pair_id"]
         if row["status"] != "ok":
-            report.append(ReportRow(pid, [], [("status", "failed"), ("error", str(row.get("error", ""))[:200])]))
+            sheet.append({"pair_id": pid, "images": [], "fields": [("status", "failed"), ("error", str(row.get("error", ""))[:200])]})
             continue
         paths = thumb_paths(pid)
         if not all((out / p).is_file() for p in paths.values()):
@@ -344,16 +362,13 @@ def _write_contact_sheet(out: Path, rows: list[dict[str, Any]], summary: Annotat
                 write_thumbs(out, pid, read_image(row["original"]), read_image(row["forged"]), read_mask(out / row["mask"]))
             except (ImageReadError, OSError, ValueError) as err:
                 log.warning("%s: no thumbnails: %s", pid, err)
-        report.append(ReportRow(
-            pid,
-            [("original", paths["original"]), ("forgery", paths["forged"]), ("mask", paths["mask"])],
-            [("QES", f"{row['qes']:.3f}"), ("kept", "yes" if row["kept"] else "no"),
-             ("category", str(row["category"]) + (f" (by {row['category_source']})" if row.get("category_source") else "")),
-             ("alignment", str(row.get("align_method"))
-              + (f", agreement {row['agreement']:.2f}" if row.get("agreement") is not None else "")),
-             ("size", f"{row['width']}x{row['height']}")],
-        ))
-    intro = (f"{summary.pairs} pairs: {summary.kept} kept, {summary.dropped} dropped (QES &le; {summary.qes_threshold:g}), "
-             f"{summary.failed} failed. Showing the first {len(rows)}.")
-    write_report(out / "index.html", "webiml annotate: contact sheet", report, intro=intro)
-
+        sheet.append({"pair_id": pid, "images": [("original", paths["original"]), ("forgery", paths["forged"]), ("mask", paths["mask"])],
+                      "fields": [
+            ("QES", f"{row['qes']:.3f}"), ("kept", "yes" if row["kept"] else "no"),
+            ("category", str(row["category"]) + (f" (by {row['category_source']})" if row.get("category_source") else "")),
+            ("alignment", str(row.get("align_method"))
+             + (f", agreement {row['agreement']:.2f}" if row.get("agreement") is not None else "")),
+            ("size", f"{row['width']}x{row['height']}")]})
+    colour_bar = colour_bar_figure(out / "colour_bar.png", label="mask value (0 authentic, 1 manipulated)")
+    render_page(out / "index.html", _CONTACT_SHEET, title="webiml annotate: contact sheet", rows=sheet, summary=summary,
+                colour_bar=colour_bar)

@@ -2,8 +2,8 @@
 
 The samples are made on the spot from the photos bundled with scikit-image (astronaut, cat, coffee,
 rocket, ...): splices between photos, copy-moves and object removals with exact ground truth, plus
-untouched photos. The embedded model localizes them; the page shows image / prediction / ground truth
-side by side with per-image scores, and the command prints the measured pixel F1.
+untouched photos. The embedded model localizes them; the page shows image / prediction / heatmap / ground truth /
+error map side by side with each image's verdict at the model's image threshold, its score, and the pixel F1.
 """
 
 from __future__ import annotations
@@ -57,25 +57,26 @@ def demo(argv: list[str]) -> int:
     from webiml.inference import Localizer
     from webiml.io import atomic_write_json, save_image
     from webiml.metrics import ImageMetrics, PixelMetrics, flatten_results
-    from webiml.viz import ReportRow, colorize, overlay, write_report
+    from webiml.models.base import IMLModel
+    from webiml.reports import error_map, format_value, histogram_figure, render_report, verdict
+    from webiml.viz import colorize, overlay
 
     out = Path(args.out)
     _write_photos(out / "photos")
     pool = PhotoPool.from_folder(out / "photos", max_side=512)
     rng = np.random.default_rng(args.seed)
-    from webiml.models.base import IMLModel
-
     model = from_pretrained(args.model, model_class=IMLModel)  # a CheckpointError is one `error:` line (cli.main)
+    pixel_threshold, image_threshold = float(model.pixel_threshold), float(model.image_threshold)
     localizer = Localizer(model, device=args.device)
-    pixel, image_m = PixelMetrics(), ImageMetrics()
-    rows: list[ReportRow] = []
+    pixel, image_m = PixelMetrics(threshold=pixel_threshold), ImageMetrics()
+    rows: list[dict] = []
     records = []
     for i in tqdm(range(args.num), desc="demo", unit="img"):
         forgery = synthesize(pool, rng, p_authentic=0.2, p_jpeg=0.5)
         result = localizer.localize(forgery.image)
         prob = torch.from_numpy(result.mask_probs)[None]
         target = target_from_mask(forgery.mask)[None]
-        single = PixelMetrics()
+        single = PixelMetrics(threshold=pixel_threshold)
         single.update([prob], [target])
         per = {k: float(v) for k, v in single.compute().items()}
         pixel.update([prob], [target])
@@ -84,20 +85,32 @@ def demo(argv: list[str]) -> int:
         save_image(out / f"{stem}_image.png", forgery.image)
         save_image(out / f"{stem}_truth.png", forgery.mask)
         save_image(out / f"{stem}_heatmap.png", colorize(result.mask_probs))
-        save_image(out / f"{stem}_overlay.jpg", overlay(forgery.image, result.mask_probs), quality=90)
-        fields = [("kind", forgery.kind), ("image score", f"{result.image_score:.3f}")]
+        save_image(out / f"{stem}_overlay.jpg", overlay(forgery.image, result.mask_probs, threshold=pixel_threshold), quality=90)
+        save_image(out / f"{stem}_errors.png", error_map(result.mask_probs >= pixel_threshold, forgery.mask > 127))
+        called = verdict(result.image_score, image_threshold)
+        fields = [("truth", f"manipulated ({forgery.kind})" if forgery.label else "authentic"),
+                  ("verdict", f"called {called}"),
+                  ("image score", f"{result.image_score:.3f} {'≥' if called == 'manipulated' else '<'} {image_threshold:g}")]
         if forgery.label:
             fields += [("pixel F1", f"{per['f1']:.3f}"), ("pixel IoU", f"{per['iou']:.3f}")]
-        rows.append(ReportRow(stem, [("image", f"{stem}_image.png"), ("prediction", f"{stem}_overlay.jpg"),
-                                     ("heatmap", f"{stem}_heatmap.png"), ("ground truth", f"{stem}_truth.png")], fields))
-        records.append({"sample": stem, "kind": forgery.kind, "image_score": result.image_score,
+        rows.append({"title": stem, "fields": fields, "images": [
+            ("image", f"{stem}_image.png"), ("prediction", f"{stem}_overlay.jpg"), ("heatmap", f"{stem}_heatmap.png"),
+            ("ground truth", f"{stem}_truth.png"), ("error map", f"{stem}_errors.png")]})
+        records.append({"sample": stem, "kind": forgery.kind, "image_score": result.image_score, "verdict": called,
                         **({"pixel_f1": per["f1"], "pixel_iou": per["iou"]} if forgery.label else {})})
     summary = flatten_results(pixel.compute(), image_m.compute())
-    intro = (f"Model <code>{args.model}</code> on {args.num} sample forgeries made from scikit-image's bundled photos "
-             f"(seed {args.seed}). Mean pixel F1 over manipulated images: <b>{summary['pixel_f1']:.3f}</b>, "
-             f"pixel AUC {summary['pixel_auc']:.3f}, image AUC {summary['image_auc']:.3f}.")
-    page = write_report(out / "index.html", "webiml demo", rows, intro)
-    atomic_write_json(out / "summary.json", {"model": args.model, "seed": args.seed, "metrics": summary, "samples": records})
+    scores = [r["image_score"] for r in records]
+    metrics = [("images", str(args.num)), ("called manipulated", str(sum(r["verdict"] == "manipulated" for r in records))),
+               ("mean pixel F1 (manipulated images)", format_value(summary["pixel_f1"])),
+               ("pixel AUC", format_value(summary["pixel_auc"])), ("image AUC", format_value(summary["image_auc"]))]
+    plots = [("image scores", histogram_figure(scores, out / "image_scores.png", "image score", "image scores", image_threshold))]
+    sets = [{"name": "samples", "metrics": metrics, "plots": plots, "rows": rows, "rows_title": f"{args.num} sample image(s)"}]
+    intro = (f"Model {args.model} on {args.num} sample forgeries made from scikit-image's bundled photos "
+             f"(seed {args.seed}): splices, copy-moves and removals with exact ground truth, and untouched photos.")
+    page = render_report(out / "index.html", title="webiml demo", intro=intro, sets=sets, pixel_threshold=pixel_threshold,
+                         image_threshold=image_threshold, has_truth=True)
+    atomic_write_json(out / "summary.json", {"model": args.model, "seed": args.seed, "pixel_threshold": pixel_threshold,
+                                             "image_threshold": image_threshold, "metrics": summary, "samples": records})
     print(f"pixel F1 {summary['pixel_f1']:.3f} | pixel IoU {summary['pixel_iou']:.3f} | pixel AUC {summary['pixel_auc']:.3f} "
           f"| image AUC {summary['image_auc']:.3f} on {args.num} sample images")
     print(f"wrote {page} (open it in a browser) and the images beside it")
