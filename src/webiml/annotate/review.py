@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import threading
+from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -182,12 +183,16 @@ class ReviewStore:
         add = [pid for pid in self.index if pid not in present and self.wanted(pid)]
         if not drop and not add:
             return 0, 0
-        kept = [r for r in records if str(r.extra.get("pair_id")) not in drop]
-        for pid in add:  # in the order of annotations.jsonl, as `webiml annotate` writes the manifest
-            pos = next((k for k, r in enumerate(kept) if self.index.get(str(r.extra.get("pair_id")), -1) > self.index[pid]),
-                       len(kept))
-            kept.insert(pos, self._record(self.pairs[self.index[pid]]))
-        write_manifest(self.manifest_path, kept)
+        merged, pending = [], deque(self.index[pid] for pid in add)  # ascending: the order of annotations.jsonl
+        for rec in records:  # each added record goes before the first later pair, as `webiml annotate` orders them
+            if str(rec.extra.get("pair_id")) in drop:
+                continue
+            at = self.index.get(str(rec.extra.get("pair_id")), -1)
+            while pending and pending[0] < at:
+                merged.append(self._record(self.pairs[pending.popleft()]))
+            merged.append(rec)
+        merged += [self._record(self.pairs[i]) for i in pending]
+        write_manifest(self.manifest_path, merged)
         return len(add), len(drop)
 
     def counts(self) -> dict[str, int]:
