@@ -450,8 +450,9 @@ def make_server(store: ReviewStore, port: int = 0, *, lowest_first: bool = False
 
 
 def serve(out: str | os.PathLike[str], port: int = 0, *, lowest_first: bool = False,
-          echo: Callable[[str], None] = print) -> None:
+          echo: Callable[[str], None] | None = None) -> None:
     """Open ``out``, bring its manifest in line with the saved decisions, and serve the page until Ctrl-C."""
+    echo = echo or functools.partial(print, flush=True)
     store = ReviewStore(out)
     added, removed = store.sync()
     if added or removed:
