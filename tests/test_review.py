@@ -155,6 +155,25 @@ def test_sigkill_during_a_save_loses_nothing(out: Path, killed_in: str) -> None:
         assert _ids(out) == ["p00"]
 
 
+def test_review_verb_prints_the_url_and_serves(out: Path) -> None:
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "webiml", "review", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
+        assert "6 pairs, 2 in the manifest" in lines[0], lines
+        url = lines[1].split()[2]
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            assert resp.headers["Content-Type"].startswith("text/html") and b"p03" in resp.read()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
 @contextmanager
 def _serving(out: Path) -> Iterator[str]:
     server = make_server(ReviewStore(out), 0)
