@@ -208,6 +208,7 @@ def test_server_serves_images_and_refuses_foreign_posts(out: Path) -> None:
 
 
 def test_review_page_keys_in_browser(out: Path) -> None:
+    pytest.importorskip("selenium")  # skips cleanly without it; browser() skips without chromium
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
