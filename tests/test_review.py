@@ -155,6 +155,20 @@ def test_sigkill_during_a_save_loses_nothing(out: Path, killed_in: str) -> None:
         assert _ids(out) == ["p00"]
 
 
+def test_page_is_split_into_pages_by_qes(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import webiml.annotate.review as review
+
+    monkeypatch.setattr(review, "PAGE_SIZE", 4)
+    store = ReviewStore(out)
+    order = [r["pair_id"] for r in store.ordered()]
+    assert [float(r["qes"]) for r in store.ordered()] == sorted((float(r["qes"]) for r in store.pairs), reverse=True)
+    assert [float(r["qes"]) for r in store.ordered(lowest_first=True)] == sorted(float(r["qes"]) for r in store.pairs)
+    first, second = review.render_page(store, "tok", 0), review.render_page(store, "tok", 1)
+    assert first.count('class="pair"') == 4 and 'id="next-page"' in first and 'id="prev-page"' not in first
+    assert second.count('class="pair"') == 2 and 'id="prev-page"' in second and f'data-pair="{order[5]}"' in second
+    assert review.render_page(store, "tok", 99) == second  # out of range: the last page
+
+
 def test_review_verb_prints_the_url_and_serves(out: Path) -> None:
     import os
 
