@@ -35,6 +35,24 @@ def test_models_import_no_annotation_tasks_commands_or_lightning() -> None:
     assert not [m for m in loaded if m.startswith(("webiml.annotate", "webiml.tasks", "webiml.commands", "lightning"))]
 
 
+ARCH_MODULES = ("webiml.models.apsc_net", "webiml.models.caaa", "webiml.models.web_iml",
+                "webiml.models.adaptive_cfa", "webiml.models.noiseprint", "webiml.models.baselines.smp_models")
+
+
+def test_import_models_loads_no_architecture() -> None:
+    loaded = _loaded_after("import webiml.models, webiml.inference, webiml.hub\n"
+                           "from webiml.models import list_models\nassert 'APSCNet' in list_models() and 'web_iml_tiny' in list_models()")
+    assert not [m for m in loaded if m in ARCH_MODULES or m == "timm"]
+
+
+def test_a_name_imports_only_its_module() -> None:
+    loaded = _loaded_after("from webiml.models.registry import model_class\nassert model_class('webiml.models.SmpIML').__name__ == 'SmpIML'")
+    assert "webiml.models.baselines.smp_models" in loaded
+    assert not [m for m in loaded if m in ARCH_MODULES and m != "webiml.models.baselines.smp_models"]
+    loaded = _loaded_after("from webiml.models.registry import architecture_of\nassert architecture_of('web_iml_tiny').__name__ == 'WebIML'")
+    assert "webiml.models.web_iml" in loaded and "webiml.models.apsc_net" not in loaded
+
+
 def test_data_imports_no_annotation_or_tasks() -> None:
     loaded = _loaded_after("import webiml.data")
     assert not [m for m in loaded if m.startswith(("webiml.annotate", "webiml.tasks"))]

@@ -74,6 +74,9 @@ def _webiml_cli_class() -> type:
     # Imported so that their classes resolve by short name too (e.g. `--model IMLTask`).
     import webiml.data.datamodule  # noqa: F401
     import webiml.tasks.iml  # noqa: F401
+    from webiml.models.registry import _ensure_builtin
+
+    _ensure_builtin()  # the model classes (imported lazily elsewhere), e.g. `--model.model SmpIML`
     from webiml.callbacks import MetricsSummary, PredictionWriter, TestReport
     from webiml.results import ResultsTable
 

@@ -13,11 +13,16 @@ Catalogue names (``checkpoints.yaml``, pretrained weights) complete the namespac
 :func:`create_model` / :func:`list_models`: ``create_model("web_iml_tiny")``,
 ``create_model("SmpIML", arch="FPN", encoder="tu-resnet18")`` and
 ``create_model("iml-unet-lite0-synthetic", pretrained=True)`` all work.
+
+The built-in names are imported lazily: :data:`BUILTIN_MODULES` says which module defines each one, a
+look-up imports only that module (``webiml localize`` with an SmpIML checkpoint never imports APSC-Net's
+timm / torchvision stack), and :func:`list_models` lists them without importing any.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,12 +30,30 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from webiml.models.base import HubModel
 
-__all__ = ["architecture_of", "create_model", "is_architecture", "list_models", "model_class", "register_model"]
+__all__ = ["BUILTIN_MODULES", "architecture_of", "create_model", "is_architecture", "list_models", "model_class", "register_model"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 """name -> architecture class or variant builder."""
+
+
+BUILTIN_MODULES: dict[str, str] = {
+    "AdaptiveCFA": "webiml.models.adaptive_cfa",
+    "APSCNet": "webiml.models.apsc_net",
+    "apsc_net_base": "webiml.models.apsc_net",
+    "apsc_net_tiny": "webiml.models.apsc_net",
+    "NoiseprintPP": "webiml.models.noiseprint",
+    "PairClassifier": "webiml.models.caaa",
+    "SDGSegmenter": "webiml.models.caaa",
+    "SPGSegmenter": "webiml.models.caaa",
+    "SmpIML": "webiml.models.baselines.smp_models",
+    "WebIML": "webiml.models.web_iml",
+    "web_iml_base": "webiml.models.web_iml",
+    "web_iml_small": "webiml.models.web_iml",
+    "web_iml_tiny": "webiml.models.web_iml",
+}
+"""Built-in name -> the module that registers it when imported (kept complete by tests/test_registry.py)."""
 
 
 def register_model(fn: F) -> F:
@@ -52,22 +75,32 @@ def _qualname(obj: Any) -> str:
 
 
 def _ensure_builtin() -> None:
-    import webiml.models  # noqa: F401  (importing the model package registers every built-in model)
+    """Import every built-in model module (registers all of them)."""
+    for module in sorted(set(BUILTIN_MODULES.values())):
+        importlib.import_module(module)
+
+
+def _ensure(name: str) -> None:
+    """Import the module that registers the built-in ``name`` (nothing for other names)."""
+    module = BUILTIN_MODULES.get(name)
+    if module is not None and name not in _REGISTRY:
+        importlib.import_module(module)
 
 
 def is_architecture(name: str) -> bool:
     """Whether ``name`` is a registered architecture class (what a config may name)."""
-    _ensure_builtin()
+    _ensure(name)
     return isinstance(_REGISTRY.get(name), type)
 
 
 def model_class(name: str) -> type[HubModel]:
     """The registered architecture class called ``name`` (a dotted ``module.Class`` is matched by its last
     part); ``KeyError`` for anything else: a variant, an unknown name, an arbitrary import path."""
-    _ensure_builtin()
     short = name.rsplit(".", 1)[-1]
+    _ensure(short)
     cls = _REGISTRY.get(short)
     if not isinstance(cls, type):
+        _ensure_builtin()
         known = sorted(k for k, v in _REGISTRY.items() if isinstance(v, type))
         raise KeyError(f"unknown architecture {name!r}; known: {known}")
     return cls
@@ -75,7 +108,7 @@ def model_class(name: str) -> type[HubModel]:
 
 def architecture_of(name: str) -> type[HubModel]:
     """The class a registered name builds: the class itself, or a variant builder's return annotation."""
-    _ensure_builtin()
+    _ensure(name)
     fn = _REGISTRY[name]
     if isinstance(fn, type):
         return fn
@@ -90,11 +123,10 @@ def list_models(pattern: str = "*", *, pretrained: bool = False, catalogue: str 
     """
     from webiml.catalogue import load_catalogue
 
-    _ensure_builtin()
     entries = load_catalogue(catalogue)
     names = {n for n, e in entries.items() if e.loadable or not pretrained}
     if not pretrained:
-        names |= {n for n in _REGISTRY if not n.startswith("_")}
+        names |= {n for n in [*_REGISTRY, *BUILTIN_MODULES] if not n.startswith("_")}
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 
@@ -104,7 +136,7 @@ def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> HubMo
     weights (see :func:`webiml.from_pretrained`); no constructor overrides with it."""
     from webiml.catalogue import load_catalogue
 
-    _ensure_builtin()
+    _ensure(name)
     entries = load_catalogue()
     if pretrained:
         if kwargs:
