@@ -59,6 +59,15 @@ def rate(fn, n: int, passes: int) -> float:
     return passes * n / (time.perf_counter() - t0)
 
 
+def measure(records: list, crop: int, passes: int) -> tuple[float, float]:
+    """(decode, decode+augment) images/s in this process (= one DataLoader worker) over ``records``."""
+    from webiml.data.datasets import ManifestDataset, load_sample
+    from webiml.data.transforms import make_train_transform
+
+    ds = ManifestDataset(records, make_train_transform(crop_size=crop), train=True)
+    return rate(lambda i: load_sample(records[i]), len(records), passes), rate(lambda i: ds[i], len(records), passes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=32)
@@ -70,7 +79,7 @@ def main() -> None:
     w, h = (int(v) for v in args.size.lower().split("x"))
     torch.set_num_threads(1)  # what one DataLoader worker gets
 
-    from webiml.data.datasets import ManifestDataset, collate_skip_broken, load_sample
+    from webiml.data.datasets import ManifestDataset, collate_skip_broken
     from webiml.data.manifest import read_manifest
     from webiml.data.transforms import make_train_transform
 
@@ -84,8 +93,7 @@ def main() -> None:
         print(f"{args.images} JPEG photos {w}x{h} + PNG masks; crop {args.crop}; 1 thread; "
               f"cpu {os.cpu_count()} logical cores, load average {os.getloadavg()[0]:.2f}")
         print(f"train pipeline: {tf!r}".replace("\n", " "))
-        dec = rate(lambda i: load_sample(records[i]), len(records), args.passes)
-        aug = rate(lambda i: ds[i], len(records), args.passes)
+        dec, aug = measure(records, args.crop, args.passes)
         print(f"decode          : {dec:6.1f} images/s per worker")
         print(f"decode+augment  : {aug:6.1f} images/s per worker  ({args.crop}x{args.crop} crops)")
         if args.loader_workers:
