@@ -164,6 +164,8 @@ def write_table(results: dict[str, Any], summary: dict[str, Any], args: argparse
         f"M1: every {args.web_every}th sample a kept web forgery. Annotation: `{args.annotator}`"
         + (f" with parts `{args.parts}`" if args.parts else "") + ".",
         f"Web pairs annotated: {summary.get('pairs', summary.get('total', '?'))}, kept by QES: {summary.get('kept', '?')}.", "",
+        "M1 differs from M0 in two ways (Object Jitter and the web forgeries), so a difference cannot be given to either"
+        " alone. Per-image F1 / IoU at 0.5 over the forged images at native size; image AUC from the image head.", "",
         "| model | set | forged | authentic | F1@0.5 | IoU@0.5 | image AUC |", "|---|---|---|---|---|---|---|",
     ]
     for name, sets in results["models"].items():
