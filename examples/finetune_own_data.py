@@ -1,7 +1,7 @@
 """Fine-tune a pretrained webiml model on your own image/mask pairs.
 
     python examples/finetune_own_data.py --images my/images --masks my/masks --out my-model \
-        [--init iml-unet-lite0-synthetic] [--epochs 5] [--freeze-encoder]
+        [--init iml-unet-lite0-online] [--epochs 5] [--freeze-encoder]
 
 Masks pair with images by file stem (``a.jpg`` <-> ``a.png`` or ``a_mask.png``), never by sort order.
 Masks are 8-bit, 255 = manipulated (invert yours first if they are the other way round). Images without
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, required=True)
     parser.add_argument("--masks", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--init", default="iml-unet-lite0-synthetic", help="pretrained model to start from")
+    parser.add_argument("--init", default="iml-unet-lite0-online", help="pretrained model to start from")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--freeze-encoder", action="store_true")

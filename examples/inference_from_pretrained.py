@@ -20,7 +20,7 @@ from webiml.inference import Localizer
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+")
-    parser.add_argument("--model", default="iml-unet-lite0-synthetic")
+    parser.add_argument("--model", default="iml-unet-lite0-online")
     parser.add_argument("--threshold", type=float, default=0.5)
     args = parser.parse_args()
 

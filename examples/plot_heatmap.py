@@ -21,7 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image")
     parser.add_argument("output")
-    parser.add_argument("--model", default="iml-unet-lite0-synthetic")
+    parser.add_argument("--model", default="iml-unet-lite0-online")
     args = parser.parse_args()
 
     image = np.asarray(Image.open(args.image).convert("RGB"))

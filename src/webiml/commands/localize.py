@@ -17,7 +17,7 @@ from typing import Any
 
 from webiml.cli import register_verb
 
-DEFAULT_MODEL = "iml-unet-lite0-synthetic"
+DEFAULT_MODEL = "iml-unet-lite0-online"
 
 log = logging.getLogger(__name__)
 
