@@ -37,3 +37,14 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_synthetic_dataset(root / split, n, seed=seed, pool=PhotoPool.procedural(size=(64, 64), seed=seed),
                                 size=(64, 64), p_authentic=0.25, source=f"tiny-{split}")
     return root
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised SmpIML (FPN) saved with save_pretrained, for the localize / report / demo tests."""
+    from webiml.models import SmpIML
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("model") / "fpn"
+    SmpIML(arch="FPN").save_pretrained(out)
+    return out

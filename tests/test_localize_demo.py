@@ -14,15 +14,7 @@ from PIL import Image
 from webiml.cli import main
 from webiml.hub import from_pretrained
 from webiml.inference import Localizer
-from webiml.models import IMLModel, IMLOutput, SmpIML
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model") / "fpn"
-    SmpIML(arch="FPN").save_pretrained(out)
-    return out
+from webiml.models import IMLModel, IMLOutput
 
 
 class _Pointwise(IMLModel):

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -19,14 +18,6 @@ from webiml.cli import main
 from webiml.models import SmpIML
 from webiml.reports import ERROR_COLOURS, error_map, format_value, pixel_histograms
 from webiml.viz import HEATMAP_CMAP, colorize, overlay
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model") / "fpn"
-    SmpIML(arch="FPN").save_pretrained(out)
-    return out
 
 
 def _check_page(page: Path, min_images: int) -> list[tuple[str, bool]]:
