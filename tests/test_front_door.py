@@ -121,3 +121,28 @@ def test_library_tips_are_quiet(tmp_path: Path, tiny_dataset: Path, caplog: pyte
     captured = capsys.readouterr()
     text = caplog.text + captured.out + captured.err
     assert "litlogger" not in text and "tensorboardX" not in text and "many workers" not in text
+
+
+def test_a_malicious_checkpoint_is_one_line_without_unsafe_advice(tmp_path, capsys) -> None:
+    import os
+    import pickle
+
+    from webiml.cli import error_line, user_error_status
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "evil.ckpt"
+    path.write_bytes(pickle.dumps({"state_dict": Evil()}))
+    import torch
+
+    try:
+        torch.load(path, weights_only=True)
+    except Exception as err:  # what Lightning's --ckpt_path raises
+        assert user_error_status(err) == 1
+        line = error_line(err)
+        assert "never unpickles" in line and "weights_only=False" not in line and "\n" not in line
+    else:
+        raise AssertionError("torch loaded a pickled object with weights_only=True")
+    assert not (tmp_path / "pwned").exists()

@@ -130,7 +130,7 @@ USER_ERRORS: dict[str, int] = {
     "ArgumentError": 2, "NSKeyError": 2,
     "PermissionError": 1, "ImageReadError": 1, "ManifestError": 1, "PairManifestError": 1, "PairSourceError": 1,
     "SampleError": 1, "ConversionError": 1, "IndexingFailed": 1, "YAMLError": 1, "JSONDecodeError": 1,
-    "ValueError": 1, "OSError": 1,
+    "ValueError": 1, "OSError": 1, "UnpicklingError": 1,
 }
 
 
@@ -170,6 +170,10 @@ def user_error_status(err: BaseException) -> int | None:
 def error_line(err: BaseException) -> str:
     """One line naming what is wrong: the exception's message, its lines joined."""
     text = str(err).strip() or type(err).__name__
+    if type(err).__name__ == "UnpicklingError":
+        # torch's message advises weights_only=False, i.e. running the file's code: never pass that on.
+        return ("a checkpoint holds objects other than tensors and plain data and was refused: webiml never "
+                "unpickles code from a file (export trusted checkpoints with `webiml export`)")
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         text = f"{err.strerror}: {err.filename}"
     if isinstance(err, KeyError) and len(err.args) == 1:
