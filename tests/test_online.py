@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from webiml.data.online import EpochSampler, OnlineSyntheticDataset, OnlineSyntheticIMLDataModule, make_photo_pools
+from webiml.data.online import EpochSampler, OnlineSyntheticDataset, OnlineSyntheticIMLDataModule
+from webiml.data.photo_pool import make_photo_pool
 from webiml.data.transforms import make_train_transform
 
 
@@ -86,13 +87,13 @@ def test_epoch_sampler_gives_fresh_indices_and_splits_ranks() -> None:
 
 
 def test_photo_splits_never_share_a_photo(photo_folder: Path) -> None:
-    names = {split: {e.image.name for e in make_photo_pools(str(photo_folder), split=split).entries}
+    names = {split: {e.image.name for e in make_photo_pool(str(photo_folder), split=split).entries}
              for split in ("train", "val", "test")}
     assert names["train"] and not (names["train"] & names["val"]) and not (names["train"] & names["test"])
-    merged = make_photo_pools([str(photo_folder), str(photo_folder)], split="train")
+    merged = make_photo_pool([str(photo_folder), str(photo_folder)], split="train")
     assert len(merged.entries) == 2 * len(names["train"])
     with pytest.raises(ValueError, match="procedural"):
-        make_photo_pools(["procedural", str(photo_folder)])
+        make_photo_pool(["procedural", str(photo_folder)])
 
 
 
@@ -101,9 +102,9 @@ def test_one_pool_builder_serves_online_synthetic_and_pair_data(tmp_path: Path, 
     from webiml.data.pair_synthesis import make_pool
     from webiml.data.photo_pool import make_photo_pool, split_photo_pool
 
-    assert make_photo_pools is make_photo_pool and datamodule_pool is make_photo_pool
+    assert make_photo_pool is make_photo_pool and datamodule_pool is make_photo_pool
     for split in ("train", "val", "test"):
-        online = make_photo_pools(str(photo_folder), split=split, size=64)
+        online = make_photo_pool(str(photo_folder), split=split, size=64)
         pairs = split_photo_pool(make_pool(str(photo_folder)), split, str(photo_folder))  # the pair data's split
         assert [e.image for e in online.entries] == [e.image for e in pairs.entries]
         assert (online.max_side, pairs.max_side) == (256, 512)  # 2 x size, at least 256 / the pair generator's 512
@@ -136,8 +137,8 @@ def test_datamodule_batches_hold_authentic_images_and_validation_is_held_out(tmp
     assert set(dm.eval_names("val")) == {"synthetic"}
     val = next(iter(dm.val_dataloader()[0]))
     assert val["image"].shape[0] >= 1
-    train_photos = {e.image for e in make_photo_pools(str(photo_folder), split="train").entries}
-    val_photos = {e.image for e in make_photo_pools(str(photo_folder), split="val").entries}
+    train_photos = {e.image for e in make_photo_pool(str(photo_folder), split="train").entries}
+    val_photos = {e.image for e in make_photo_pool(str(photo_folder), split="val").entries}
     assert not (train_photos & val_photos)
 
 

@@ -45,14 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 def authentic_paths(sources: list[str]) -> list[str]:
     """Image paths of the authentic photos named by ``sources`` (see the module docstring)."""
     from webiml.data.datasets import records_from_paths
-    from webiml.data.online import make_photo_pools
+    from webiml.data.photo_pool import make_photo_pool
 
     paths: list[str] = []
     for source in sources:
         kind = source.partition(":")[0]
         if ":" in source and not Path(source).exists() and kind in ("coco-panoptic", "bsds", "folder"):
             for split in ("val", "test"):
-                paths += [str(e.image) for e in make_photo_pools(source, split=split).entries]
+                paths += [str(e.image) for e in make_photo_pool(source, split=split).entries]
         else:
             paths += [r.image for r in records_from_paths(source) if r.label == 0]
     return sorted(dict.fromkeys(paths))

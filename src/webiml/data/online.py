@@ -36,16 +36,11 @@ ONLINE_KINDS: tuple[str, ...] = ("splice", "copy_move", "removal", "jitter")
 """Forgery kinds :class:`OnlineSyntheticDataset` can draw."""
 
 
-make_photo_pools = make_photo_pool
-"""One :class:`~webiml.data.photo_pool.PhotoPool` over one or several photo sources, split train/val/test by a
-hash of the file name (:func:`webiml.data.photo_pool.make_photo_pool`, under the name the online data uses)."""
-
-
 class OnlineSyntheticDataset(Dataset):
     """Random forgeries made on demand; sample ``i`` depends only on ``seed``, ``i`` and the photo pool.
 
     Args:
-        photos: photo source spec(s) (see :func:`make_photo_pools`).
+        photos: photo source spec(s) (see :func:`webiml.data.photo_pool.make_photo_pool`).
         split: which hash split of the photos to use (``"train"``, ``"val"``, ``"test"``).
         length: number of indices (an epoch of :class:`EpochSampler` reads a window of them; indices past
             ``length`` are valid too: any non-negative integer is a sample).
@@ -87,7 +82,7 @@ class OnlineSyntheticDataset(Dataset):
     @property
     def pool(self) -> Any:
         if self._pool is None:
-            self._pool = make_photo_pools(self.photos, split=self.split, seed=self.seed, size=self.size)
+            self._pool = make_photo_pool(self.photos, split=self.split, seed=self.seed, size=self.size)
         return self._pool
 
     def forgery(self, index: int) -> Any:
@@ -220,7 +215,7 @@ class OnlineSyntheticIMLDataModule(SyntheticIMLDataModule):
         hp = self.hparams
         for split, n, offset in (("val", hp.num_val, 1), ("test", hp.num_test, 2)):
             if n > 0:
-                pool = make_photo_pools(hp.photos, split=split, seed=hp.data_seed + offset, size=hp.size)
+                pool = make_photo_pool(hp.photos, split=split, seed=hp.data_seed + offset, size=hp.size)
                 write_synthetic_dataset(self.root / split, n, seed=hp.data_seed * 1000 + offset, pool=pool,
                                         size=(hp.size, hp.size), p_authentic=hp.p_authentic, source=f"synthetic-{split}")
 
