@@ -156,3 +156,17 @@ def test_test_report_and_per_image_csv_in_browser(tmp_path: Path, tiny_dataset: 
     # 2 sets x (PR + histogram) + colour bar + per-image rows of 5 images each
     images = _check_page(pages[0], min_images=5 + 5 * 2)
     assert sum(src.endswith("_errors.png") for src, _ in images) == 16
+
+
+def test_test_report_verdicts_use_the_models_image_threshold(tmp_path: Path) -> None:
+    from webiml.callbacks import _write_test_report
+
+    pos, neg = pixel_histograms(np.full((4, 4), 0.7, np.float32), np.zeros((4, 4), np.float32))
+    row = {"set": "s", "path": "a.png", "image_score": 0.7, "label": 0, "pixel_f1": float("nan"),
+           "pixel_iou": float("nan"), "fp_fraction": 1.0, "manipulated_area_pred": 1.0, "manipulated_area_true": 0.0}
+    shard = {"rows": [row], "worst": [row], "hist": {"s": [pos.tolist(), neg.tolist()]}}
+    _write_test_report(tmp_path, [shard], {}, threshold=0.5, max_images=4, image_threshold=0.83)
+    html = (tmp_path / "report.html").read_text()
+    assert "image <b>0.83</b>" in html and 'verdict: <span class="verdict-a">authentic' in html
+    _write_test_report(tmp_path, [shard], {}, threshold=0.5, max_images=4)
+    assert 'verdict: <span class="verdict-m">manipulated' in (tmp_path / "report.html").read_text()

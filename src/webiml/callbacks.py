@@ -204,7 +204,9 @@ class TestReport(L.Callback):
         for f in out.glob("shard.rank*.json"):
             f.unlink()
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        _write_test_report(out, shards, metrics, threshold, self.max_images)
+        net = getattr(pl_module, "net", None)
+        _write_test_report(out, shards, metrics, threshold, self.max_images,
+                           image_threshold=float(getattr(net, "image_threshold", threshold)))
         rank_zero_info(f"test report written to {out}/report.html (per-image table: per_image.csv)")
 
 
@@ -236,7 +238,10 @@ def _write_row_images(out: Path, stem: str, item: dict[str, Any], threshold: flo
 
 
 def _write_test_report(out: Path, shards: list[dict[str, Any]], metrics: dict[str, float], threshold: float,
-                       max_images: int) -> None:
+                       max_images: int, image_threshold: float | None = None) -> None:
+    """``threshold``: the pixel threshold of the task's metrics; ``image_threshold``: the image verdict's (the
+    model's calibrated one; ``threshold`` when not given)."""
+    image_threshold = threshold if image_threshold is None else image_threshold
     import csv
     import io
 
@@ -273,7 +278,7 @@ def _write_test_report(out: Path, shards: list[dict[str, Any]], metrics: dict[st
             files = r.get("files", {})
             images = [(c, files[k]) for k, c in (("image", "image"), ("overlay", "overlay"), ("heatmap", "heatmap"),
                                                   ("truth", "truth"), ("errors", "error map")) if k in files]
-            fields_ = [("verdict", "manipulated" if r["image_score"] >= threshold else "authentic"),
+            fields_ = [("verdict", "manipulated" if r["image_score"] >= image_threshold else "authentic"),
                        ("truth", "manipulated" if r["label"] else "authentic"), ("image score", f"{r['image_score']:.3f}")]
             if r["label"]:
                 fields_ += [("pixel F1", f"{r['pixel_f1']:.3f}"), ("pixel IoU", f"{r['pixel_iou']:.3f}")]
@@ -282,5 +287,5 @@ def _write_test_report(out: Path, shards: list[dict[str, Any]], metrics: dict[st
             report_rows.append({"title": Path(r["path"]).name, "fields": fields_, "images": images})
         sets.append({"name": name, "metrics": table, "plots": plots, "rows": report_rows,
                      "rows_title": f"{len(shown)} worst image(s) of {len(set_rows)}, worst first"})
-    render_report(out / "report.html", title="webiml test", sets=sets, pixel_threshold=threshold, image_threshold=threshold,
+    render_report(out / "report.html", title="webiml test", sets=sets, pixel_threshold=threshold, image_threshold=image_threshold,
                   intro="Metrics at the original resolution of each image; per-image results in per_image.csv.")
