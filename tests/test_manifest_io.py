@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +82,24 @@ def test_unreadable_files_name_the_file(tmp_path) -> None:
     with pytest.raises(ImageReadError, match="not found"):
         read_mask(tmp_path / "missing.png")
     assert torch.is_tensor(target_from_mask(np.zeros((2, 2), np.uint8)))
+
+
+def test_paths_outside_the_manifest_folder_are_stored_absolute(tmp_path, monkeypatch) -> None:
+    """A record given relative to the working directory must still name the same file when read back
+    (read_manifest resolves relative paths against the manifest's folder)."""
+    from webiml.data.manifest import ManifestRecord, read_manifest, write_manifest
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"")
+    (tmp_path / "out" / "masks").mkdir(parents=True)
+    (tmp_path / "out" / "masks" / "a.png").write_bytes(b"")
+    path = write_manifest("out/manifest.jsonl", [ManifestRecord("photos/a.png", "out/masks/a.png", 1)])
+    raw = path.read_text()
+    assert '"masks/a.png"' in raw and str(tmp_path / "photos" / "a.png") in raw
+    rec = read_manifest(path)[0]
+    assert Path(rec.image).resolve() == (tmp_path / "photos" / "a.png").resolve()
+    assert Path(rec.mask).resolve() == (tmp_path / "out" / "masks" / "a.png").resolve()
+    monkeypatch.chdir(tmp_path / "out")  # read from elsewhere: still the same files
+    rec = read_manifest("manifest.jsonl")[0]
+    assert Path(rec.image).is_file() and Path(rec.mask).is_file()

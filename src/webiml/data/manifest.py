@@ -156,7 +156,11 @@ def iter_json_lines(records: Iterable[ManifestRecord]) -> Iterator[str]:
 
 
 def write_manifest(path: str | os.PathLike[str], records: Iterable[ManifestRecord], *, relative_to_manifest: bool = True) -> Path:
-    """Write records atomically as JSON Lines. Paths under the manifest's folder are stored relative to it."""
+    """Write records atomically as JSON Lines.
+
+    Record paths are absolute or relative to the working directory. With ``relative_to_manifest`` those under the
+    manifest's folder are stored relative to it and the others absolute, so :func:`read_manifest` (which resolves
+    relative paths against the manifest's folder) finds every file from any working directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     root = os.path.abspath(path.parent)
@@ -167,7 +171,7 @@ def write_manifest(path: str | os.PathLike[str], records: Iterable[ManifestRecor
             return p
         absolute = os.path.abspath(p)
         if os.path.commonpath([absolute, root]) != root:
-            return p
+            return absolute
         return os.path.relpath(absolute, root)
 
     rows = (ManifestRecord(rel(r.image), rel(r.mask), r.label, r.source, r.weight, r.ignore_band, r.extra)  # type: ignore[arg-type]
