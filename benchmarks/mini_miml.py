@@ -132,7 +132,7 @@ def train(work: Path, args: argparse.Namespace, web_manifest: Path) -> dict[str,
 def evaluate(models: dict[str, Path], manifests: dict[str, Path], work: Path) -> dict[str, Any]:
     import torch
 
-    from webiml.evaluation import paired_comparison, score_manifest, scores_to_rows, summarize
+    from webiml.evaluation import ImageScore, paired_comparison, score_manifest, scores_to_rows, summarize
     from webiml.hub import from_pretrained
 
     torch.set_num_threads(2)
@@ -147,8 +147,6 @@ def evaluate(models: dict[str, Path], manifests: dict[str, Path], work: Path) ->
             rows = {s: scores_to_rows(score_manifest(model, m)) for s, m in manifests.items()}
             cache.write_text(json.dumps(rows))
         per_image[name] = rows
-        from webiml.evaluation import ImageScore
-
         results["models"][name] = {s: summarize([ImageScore(**r) for r in rows[s]]) for s in manifests}
     for s in manifests:
         f1 = {n: [r["f1"] for r in per_image[n][s] if r["f1"] is not None] for n in models}

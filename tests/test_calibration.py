@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from webiml.calibration import VARIANTS, authentic_variant, image_auc, threshold_for_specificity, verdict_rates
-from webiml.evaluation import paired_comparison, pixel_f1_iou
+from webiml.evaluation import paired_comparison
+from webiml.metrics import pixel_f1_iou
 
 
 @pytest.mark.parametrize("spec", [0.5, 0.9, 0.95, 1.0])

@@ -69,9 +69,14 @@ def verdict_rates(scores: Sequence[float], labels: Sequence[int], threshold: flo
 
 
 def image_auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """Probability that a manipulated image outscores an authentic one (ties count half); ``None`` if a class is empty."""
+    """Probability that a manipulated image outscores an authentic one (ties count half); ``None`` if a class is empty.
+
+    The same exact ROC AUC as :class:`webiml.metrics.ImageMetrics` (torchmetrics, float64)."""
     if pos.size == 0 or neg.size == 0:
         return None
-    greater = (pos[:, None] > neg[None, :]).mean()
-    ties = (pos[:, None] == neg[None, :]).mean()
-    return float(greater + 0.5 * ties)
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    scores = torch.from_numpy(np.concatenate([pos, neg]).astype(np.float64))
+    labels = torch.cat([torch.ones(pos.size, dtype=torch.long), torch.zeros(neg.size, dtype=torch.long)])
+    return float(binary_auroc(scores, labels, thresholds=None))

@@ -146,6 +146,7 @@ class TestReport(L.Callback):
 
         import numpy as np
 
+        from webiml.metrics import pixel_f1_iou
         from webiml.reports import pixel_histograms
 
         last = getattr(pl_module, "last_test_batch", None)
@@ -163,11 +164,9 @@ class TestReport(L.Callback):
             hist[0] += pos
             hist[1] += neg
             valid, truth, pred = t >= 0, t > 0.5, p >= threshold
-            tp, fp, fn = int((pred & truth & valid).sum()), int((pred & ~truth & valid).sum()), int((~pred & truth & valid).sum())
             manipulated = bool((truth & valid).any())
-            f1 = 2 * tp / (2 * tp + fp + fn) if manipulated else float("nan")
-            iou = tp / (tp + fp + fn) if manipulated else float("nan")
-            fp_fraction = fp / max(int((~truth & valid).sum()), 1)
+            f1, iou = pixel_f1_iou(p, t, threshold) if manipulated else (float("nan"), float("nan"))
+            fp_fraction = int((pred & ~truth & valid).sum()) / max(int((~truth & valid).sum()), 1)
             path = str(last["paths"][i]) if last.get("paths") is not None else f"{set_name}-{self._count}"
             row = {"set": set_name, "path": path, "image_score": round(float(last["scores"][i]), 6),
                    "label": int(manipulated), "pixel_f1": f1, "pixel_iou": iou, "fp_fraction": round(fp_fraction, 6),

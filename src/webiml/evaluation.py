@@ -20,6 +20,7 @@ from webiml.data.manifest import read_manifest
 from webiml.data.masks import target_from_mask
 from webiml.inference import Localizer
 from webiml.io import read_image, read_mask
+from webiml.metrics import pixel_f1_iou
 from webiml.models.base import IMLModel
 
 
@@ -32,19 +33,6 @@ class ImageScore:
     image_score: float
     f1: float | None = None
     iou: float | None = None
-
-
-def pixel_f1_iou(probs: np.ndarray, target: np.ndarray, threshold: float = 0.5) -> tuple[float, float]:
-    """F1 and IoU of ``probs >= threshold`` against a 0/1 target (pixels with target < 0 are ignored)."""
-    valid = target >= 0
-    pred = (probs >= threshold) & valid
-    truth = (target > 0.5) & valid
-    tp = float(np.count_nonzero(pred & truth))
-    fp = float(np.count_nonzero(pred & ~truth))
-    fn = float(np.count_nonzero(~pred & truth))
-    f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) > 0 else 1.0
-    iou = tp / (tp + fp + fn) if (tp + fp + fn) > 0 else 1.0
-    return f1, iou
 
 
 def score_manifest(model: IMLModel | Localizer, manifest: str | Path, threshold: float = 0.5) -> list[ImageScore]:

@@ -109,6 +109,23 @@ def _f1_iou(tp: Tensor, fp: Tensor, n_pos: Tensor) -> tuple[Tensor, Tensor]:
     return 2 * tp / (union + tp), tp / union
 
 
+def pixel_f1_iou(probs: Any, target: Any, threshold: float = 0.5) -> tuple[float, float]:
+    """One image's F1 and IoU of ``probs >= threshold`` against a 0/1 target (numpy arrays; pixels with
+    target < 0 are ignored), by the definition :class:`PixelMetrics` averages: 2TP / (2TP + FP + FN) and
+    TP / (TP + FP + FN), 1.0 when there is nothing to find and nothing found."""
+    import numpy as np
+
+    valid = target >= 0
+    pred = (probs >= threshold) & valid
+    truth = (target > 0.5) & valid
+    tp = float(np.count_nonzero(pred & truth))
+    fp = float(np.count_nonzero(pred & ~truth))
+    fn = float(np.count_nonzero(~pred & truth))
+    f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) > 0 else 1.0
+    iou = tp / (tp + fp + fn) if (tp + fp + fn) > 0 else 1.0
+    return f1, iou
+
+
 class PixelMetrics(Metric):
     """Pixel-level localization metrics, per image at original resolution, averaged over manipulated images.
 
