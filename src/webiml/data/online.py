@@ -207,25 +207,12 @@ class OnlineSyntheticIMLDataModule(SyntheticIMLDataModule):
             raise ValueError(f"extra_every must be >= 2 with extra_train, got {extra_every}")
         kwargs["num_train"] = 0
         super().__init__(photos=photos, **kwargs)  # type: ignore[arg-type]
+        self.train_sets = []  # training samples are generated, never read from a manifest
         self.val_sets.update({name: [path] for name, path in (extra_val or {}).items()})
-
-    def prepare_data(self) -> None:
-        from webiml.data.synthetic import write_synthetic_dataset
-
-        hp = self.hparams
-        for split, n, offset in (("val", hp.num_val, 1), ("test", hp.num_test, 2)):
-            if n > 0:
-                pool = make_photo_pool(hp.photos, split=split, seed=hp.data_seed + offset, size=hp.size)
-                write_synthetic_dataset(self.root / split, n, seed=hp.data_seed * 1000 + offset, pool=pool,
-                                        size=(hp.size, hp.size), p_authentic=hp.p_authentic, source=f"synthetic-{split}")
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        train_sets, self.train_sets = self.train_sets, []  # the parent must not read a training manifest
-        try:
-            super().setup(stage)
-        finally:
-            self.train_sets = train_sets
+        super().setup(stage)
         if stage in (None, "fit"):
             transform = make_train_transform(
                 crop_size=hp.crop_size, scale=tuple(hp.scale), hflip=hp.hflip, jpeg_p=hp.jpeg_p,
