@@ -58,17 +58,13 @@ def authentic_paths(sources: list[str]) -> list[str]:
     return sorted(dict.fromkeys(paths))
 
 
-def _scores(localizer: Any, images: Any) -> list[float]:
-    return [r.image_score for r in localizer.localize_many(images)]
-
-
 @register_verb("calibrate", "pick the image verdict's threshold on held-out authentic photos (target specificity)")
 def calibrate(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
     from webiml.calibration import VARIANTS, authentic_variant, threshold_for_specificity, verdict_rates
-    from webiml.data.manifest import read_manifest
+    from webiml.evaluation import score_manifest
     from webiml.hub import from_pretrained
     from webiml.inference import Localizer
     from webiml.io import ImageReadError, atomic_write_text, read_image
@@ -93,7 +89,7 @@ def calibrate(argv: list[str]) -> int:
             tqdm.write(f"skipped {err}")
             continue
         for variant in VARIANTS:
-            scores[variant] += _scores(localizer, [authentic_variant(image, variant)])
+            scores[variant].append(localizer.localize(authentic_variant(image, variant)).image_score)
     every = [s for v in VARIANTS for s in scores[v]]
     # The verdict must hold for every kind of copy a photo arrives as (original, re-compressed, resized), not only
     # on average: the threshold meets the specificity on each variant separately, so it is the highest of theirs.
@@ -113,9 +109,8 @@ def calibrate(argv: list[str]) -> int:
           f"held-out authentic photos called authentic (worst variant {worst:.3f}, all variants "
           f"{sum(s < threshold for s in every) / len(every):.3f})")
     for manifest in args.check:
-        records = read_manifest(manifest)
-        check_scores = _scores(localizer, (read_image(r.image) for r in records))
-        rates = verdict_rates(check_scores, [r.label for r in records], threshold)
+        scored = score_manifest(localizer, manifest)
+        rates = verdict_rates([s.image_score for s in scored], [s.label for s in scored], threshold)
         report["check"][manifest] = rates
         fmt = {k: ("n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else v) for k, v in rates.items()}
         print(f"{manifest}: TPR {fmt['tpr']} ({fmt['n_manipulated']} forged), TNR {fmt['tnr']} ({fmt['n_authentic']} authentic), "
