@@ -29,12 +29,11 @@ def _parser() -> argparse.ArgumentParser:
 
 @register_verb("convert", "convert an upstream checkpoint (e.g. apsc-net) to a webiml model directory")
 def run(argv: list[str]) -> int:
-    from webiml.convert import CONVERTERS, ConversionError
+    from webiml.convert import ConversionError, get_converter
 
     args = _parser().parse_args(argv)
-    _, convert = CONVERTERS[args.model]
     try:
-        model = convert(args.checkpoint, args.out_dir)
+        model = get_converter(args.model)(args.checkpoint, args.out_dir)
     except ConversionError as err:
         print(f"webiml convert: error: {err}", file=sys.stderr)
         return 1

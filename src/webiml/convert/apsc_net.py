@@ -1,0 +1,146 @@
+"""APSC-Net (``webiml convert apsc-net APSC-Net.pth OUT_DIR``): the authors' mmcv checkpoint holds
+``{"state_dict": {...}, "meta": {...}, ...}`` with keys ``backbone.*`` (official ConvNeXt naming) and
+``decode_head.*`` (kept as is by :class:`~webiml.models.apsc_net.APSCNet`), possibly prefixed
+``module.`` (saved from a DataParallel / DDP wrapper). The backbone keys are renamed onto timm's
+ConvNeXt (one to one), the architecture widths are read off the tensor shapes, every tensor's shape is
+checked, and the weights are loaded strictly before ``save_pretrained`` writes the output directory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from webiml.convert._common import ConversionError, check_state_dict, few_keys, load_checkpoint
+from webiml.models.apsc_net import APSC_PRESETS, APSCNet
+
+_BLOCK_OFFICIAL_TO_TIMM = {"dwconv": "conv_dw", "norm": "norm", "pwconv1": "mlp.fc1", "pwconv2": "mlp.fc2"}
+_BLOCK_TIMM_TO_OFFICIAL = {v: k for k, v in _BLOCK_OFFICIAL_TO_TIMM.items()}
+_RE_DOWN = re.compile(r"^backbone\.downsample_layers\.(\d+)\.([01])\.(weight|bias)$")
+_RE_BLOCK = re.compile(r"^backbone\.stages\.(\d+)\.(\d+)\.(?:(gamma)|(dwconv|norm|pwconv1|pwconv2)\.(weight|bias))$")
+_RE_OUTNORM = re.compile(r"^backbone\.norm[0-3]\.(weight|bias)$")
+_RE_STEM = re.compile(r"^backbone\.stem\.([01])\.(weight|bias)$")
+_RE_TDOWN = re.compile(r"^backbone\.stages\.(\d+)\.downsample\.([01])\.(weight|bias)$")
+_RE_TBLOCK = re.compile(r"^backbone\.stages\.(\d+)\.blocks\.(\d+)\.(?:(gamma)|(conv_dw|norm|mlp\.fc1|mlp\.fc2)\.(weight|bias))$")
+
+
+def apsc_key_to_webiml(key: str) -> str | None:
+    """webiml name of an official APSC-Net key, or ``None`` if the key is not part of APSC-Net."""
+    if key.startswith("decode_head.") or _RE_OUTNORM.match(key):
+        return key
+    if m := _RE_DOWN.match(key):
+        stage, idx, kind = int(m[1]), m[2], m[3]
+        return f"backbone.stem.{idx}.{kind}" if stage == 0 else f"backbone.stages.{stage}.downsample.{idx}.{kind}"
+    if m := _RE_BLOCK.match(key):
+        stage, block = m[1], m[2]
+        tail = "gamma" if m[3] else f"{_BLOCK_OFFICIAL_TO_TIMM[m[4]]}.{m[5]}"
+        return f"backbone.stages.{stage}.blocks.{block}.{tail}"
+    return None
+
+
+def webiml_key_to_apsc(key: str) -> str:
+    """Official APSC-Net name of a webiml :class:`APSCNet` key (the inverse of :func:`apsc_key_to_webiml`)."""
+    if key.startswith("decode_head.") or _RE_OUTNORM.match(key):
+        return key
+    if m := _RE_STEM.match(key):
+        return f"backbone.downsample_layers.0.{m[1]}.{m[2]}"
+    if m := _RE_TDOWN.match(key):
+        return f"backbone.downsample_layers.{m[1]}.{m[2]}.{m[3]}"
+    if m := _RE_TBLOCK.match(key):
+        tail = "gamma" if m[3] else f"{_BLOCK_TIMM_TO_OFFICIAL[m[4]]}.{m[5]}"
+        return f"backbone.stages.{m[1]}.{m[2]}.{tail}"
+    raise KeyError(f"{key} has no official APSC-Net counterpart")
+
+
+def apsc_official_to_webiml(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an official APSC-Net state dict to webiml's keys; unknown keys are a :class:`ConversionError`."""
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for k, v in state.items():
+        new = apsc_key_to_webiml(k)
+        if new is None:
+            unknown.append(k)
+        else:
+            out[new] = v
+    if unknown:
+        raise ConversionError(
+            f"{len(unknown)} keys are not part of APSC-Net (expected backbone.* in the official ConvNeXt naming and "
+            f"decode_head.*): {few_keys(unknown)}"
+        )
+    return out
+
+
+def webiml_to_apsc_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a webiml :class:`APSCNet` state dict to the official keys (for export and tests)."""
+    return {webiml_key_to_apsc(k): v for k, v in state.items()}
+
+
+def infer_apsc_config(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """:class:`APSCNet` constructor arguments that reproduce the shapes of a (webiml-keyed) state dict.
+
+    Widths and depths are read off the tensors; values equal to the ``base`` preset are left out so the
+    authors' checkpoint converts to ``{"size": "base"}``. Dilations, pool scales and dropout are not
+    recorded in weights and keep the authors' values.
+    """
+
+    def need(key: str) -> Tensor:
+        if key not in state:
+            raise ConversionError(f"missing key {key!r}: not an APSC-Net checkpoint, or an incomplete one")
+        return state[key]
+
+    dims = [int(need(f"backbone.norm{i}.weight").shape[0]) for i in range(4)]
+    depths = []
+    for i in range(4):
+        blocks = {int(m[1]) for k in state if (m := re.match(rf"^backbone\.stages\.{i}\.blocks\.(\d+)\.", k))}
+        depths.append(max(blocks) + 1 if blocks else 0)
+    channels = int(need("decode_head.conv_seg.weight").shape[1])
+    low_proj = int(need("decode_head.MSDEC.c1_bottleneck.conv.weight").shape[0])
+    convs = sorted(
+        (int(m[1]), int(v.shape[0]))
+        for k, v in state.items()
+        if (m := re.match(r"^decode_head\.ha\.kg\.(\d+)\.conv\.weight$", k))
+    )
+    attn_widths = [w for _, w in convs]
+    n_kernel = int(need(f"decode_head.ha.kg.{len(convs) + 4}.weight").shape[0])
+    attn_kernel = int(round(n_kernel**0.5))
+    if attn_kernel * attn_kernel != n_kernel:
+        raise ConversionError(f"decode_head.ha: the kernel generator outputs {n_kernel} values, not a square kernel")
+    image_head = any(k.startswith("decode_head.cls_head.") for k in state)
+    base = APSC_PRESETS["base"]
+    found = dict(depths=depths, dims=dims, channels=channels, low_proj=low_proj, attn_widths=attn_widths)
+    cfg: dict[str, Any] = {"size": "base"}
+    for k, v in found.items():
+        if v != (list(base[k]) if isinstance(v, list) else base[k]):
+            cfg[k] = v
+    if attn_kernel != 31:
+        cfg["attn_kernel"] = attn_kernel
+    if not image_head:
+        cfg["image_head"] = False
+    return cfg
+
+
+
+def convert_apsc_net(checkpoint: str | Path, out_dir: str | Path, **overrides: Any) -> APSCNet:
+    """Convert the authors' APSC-Net checkpoint into a webiml model directory and return the model.
+
+    ``overrides`` are extra :class:`APSCNet` arguments that weights cannot tell (e.g. ``refine_steps``).
+    """
+    official = load_checkpoint(checkpoint)
+    state = apsc_official_to_webiml(official)
+    config = {**infer_apsc_config(state), **overrides}
+    try:
+        model = APSCNet(**config)
+    except (TypeError, ValueError) as err:
+        raise ConversionError(f"cannot build APSCNet({config}): {err}") from None
+    check_state_dict(model, state, what=f"checkpoint {Path(checkpoint).name}")
+    # Tensors are copied into the model's own dtype (the checkpoint may be half precision).
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    return model
