@@ -23,6 +23,8 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                      "webiml.convert.adaptive_cfa:convert_adaptive_cfa"),
     "apsc-net": ("APSC-Net (CVPR 2024) mmcv checkpoint from qcf-568/MIML, e.g. APSC-Net.pth",
                  "webiml.convert.apsc_net:convert_apsc_net"),
+    "cat-net": ("CAT-Net v1/v2 (WACV 2021 / IJCV 2022) from mjkwon2021/CAT-Net, e.g. CAT_full_v2.pth.tar",
+                "webiml.convert.cat_net:convert_cat_net"),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      "webiml.convert.noiseprint:convert_noiseprint_pp"),
 }
@@ -48,6 +50,8 @@ _REEXPORTS: dict[str, str] = {
     "infer_apsc_config": "webiml.convert.apsc_net",
     "webiml_key_to_apsc": "webiml.convert.apsc_net",
     "webiml_to_apsc_official": "webiml.convert.apsc_net",
+    "cat_net_official_to_webiml": "webiml.convert.cat_net",
+    "convert_cat_net": "webiml.convert.cat_net",
     "convert_noiseprint_pp": "webiml.convert.noiseprint",
     "noiseprint_pp_official_to_webiml": "webiml.convert.noiseprint",
 }
