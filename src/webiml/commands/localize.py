@@ -5,6 +5,9 @@ it writes ``<name>_prob.png`` (probability 0-255), ``<name>_mask.png`` (binary a
 ``<name>_overlay.jpg`` (the image with manipulated regions highlighted), and for the whole run
 ``scores.csv`` / ``scores.json`` with image-level scores. Images of any size keep their resolution
 (large ones are tiled). Unreadable files are reported and skipped; the exit status is 1 if any failed.
+
+Models that read JPEG DCT coefficients (CAT-Net) get each JPEG's own coefficients and quantisation table;
+other images are re-compressed at quality 100 first, as the CAT-Net authors do (see :mod:`webiml.jpeg`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ log = logging.getLogger(__name__)
 class _Decoded:
     """Decoding in DataLoader workers: returns the image or the error message, never raises."""
 
-    def __init__(self, paths: list[str]) -> None:
+    def __init__(self, paths: list[str], with_dct: bool = False) -> None:
         self.paths = paths
+        self.with_dct = with_dct
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -35,7 +39,12 @@ class _Decoded:
         from webiml.io import ImageReadError, read_image
 
         try:
-            return {"index": i, "image": read_image(self.paths[i]), "error": None}
+            if self.with_dct:  # pixels as stored (the coefficient grid's orientation) + coefficients
+                from webiml.jpeg import load_with_dct
+
+                image, dct, orientation = load_with_dct(self.paths[i])
+                return {"index": i, "image": image, "dct": dct, "orientation": orientation, "error": None}
+            return {"index": i, "image": read_image(self.paths[i]), "dct": None, "orientation": 1, "error": None}
         except ImageReadError as err:
             return {"index": i, "image": None, "error": str(err)}
 
@@ -109,8 +118,8 @@ def localize(argv: list[str]) -> int:
 
     from webiml.data.datasets import records_from_paths
     from webiml.hub import from_pretrained
-    from webiml.inference import Localizer
-    from webiml.io import save_image
+    from webiml.inference import Localization, Localizer
+    from webiml.io import orient_array, save_image
     from webiml.reports import write_scores
     from webiml.viz import overlay
 
@@ -136,7 +145,7 @@ def localize(argv: list[str]) -> int:
           + f", image threshold {image_threshold:g}" + (" (model default)" if args.image_threshold is None else ""))
     localizer = Localizer(model, device=args.device, tile=args.tile, batch_size=args.batch_size)
     names = _unique_names(paths)
-    loader = DataLoader(_Decoded(paths), batch_size=None, num_workers=args.workers, collate_fn=_identity)
+    loader = DataLoader(_Decoded(paths, localizer.uses_jpeg_dct), batch_size=None, num_workers=args.workers, collate_fn=_identity)
     rows: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     start = time.perf_counter()
@@ -150,12 +159,15 @@ def localize(argv: list[str]) -> int:
                 tqdm.write(f"skipped {item['error']}")
                 progress.update(1)
                 continue
-            images[item["index"]] = item["image"]
-            yield item["index"], item["image"]
+            images[item["index"]] = item["image"], item["orientation"]
+            yield item["index"], item["image"], item["dct"]
 
     progress = tqdm(total=len(paths), desc="localize", unit="img")
     for i, result in localizer.localize_stream(decoded()):
-        image = images.pop(i)
+        image, orientation = images.pop(i)
+        if orientation != 1:  # a DCT model ran on the stored pixels: show image and map as viewers do
+            image = orient_array(image, orientation)
+            result = Localization(orient_array(result.mask_probs, orientation), result.image_score)
         prob8 = np.round(result.mask_probs * 255).astype(np.uint8)
         save_image(out / f"{names[i]}_prob.png", prob8)
         save_image(out / f"{names[i]}_mask.png", (result.binary_mask(pixel_threshold) * 255).astype(np.uint8))

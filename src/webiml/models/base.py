@@ -193,6 +193,10 @@ class IMLModel(HubModel, tags=["image-manipulation-localization"], pipeline_tag=
     model (``webiml calibrate``) stores the threshold that calls a target share of held-out authentic
     photos authentic; saved with the model."""
 
+    uses_jpeg_dct: ClassVar[bool] = False
+    """``True`` for models whose ``forward(x, dct=None, qtable=None)`` also reads the JPEG's DCT coefficients
+    (CAT-Net); :class:`webiml.inference.Localizer` then passes them (see :mod:`webiml.jpeg`)."""
+
     def forward_padded(self, x: Tensor) -> IMLOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -62,7 +62,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from webiml.models.base import IMLModel, IMLOutput
-from webiml.models.hrnet import BLOCKS, BN_MOMENTUM, BasicBlock, apply_transition, make_layer, make_stage, make_transition
+from webiml.models.hrnet import (
+    BLOCKS,
+    BN_MOMENTUM,
+    BasicBlock,
+    apply_transition,
+    make_layer,
+    make_stage,
+    make_transition,
+)
 
 DCT_CLIP = 20
 """T of the paper: coefficient magnitudes are clipped to [0, T] and one-hot encoded (T + 1 channels)."""
@@ -137,6 +145,7 @@ class CATNet(IMLModel):
     """
 
     size_divisor = 8
+    uses_jpeg_dct = True
     card_summary = (
         "CAT-Net (Compression Artifact Tracing Network) ported to [webiml]({repo_url}): an HRNet over the RGB image\n"
         "and a second stream over the JPEG's quantised DCT coefficients localize edits that break the JPEG history.")
