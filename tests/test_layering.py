@@ -36,7 +36,8 @@ def test_models_import_no_annotation_tasks_commands_or_lightning() -> None:
 
 
 ARCH_MODULES = ("webiml.models.apsc_net", "webiml.models.caaa", "webiml.models.web_iml",
-                "webiml.models.adaptive_cfa", "webiml.models.noiseprint", "webiml.models.baselines.smp_models")
+                "webiml.models.adaptive_cfa", "webiml.models.noiseprint", "webiml.models.baselines.smp_models",
+                "webiml.models.cat_net")
 
 
 def test_import_models_loads_no_architecture() -> None:
