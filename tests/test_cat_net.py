@@ -106,6 +106,13 @@ def test_forward_is_the_official_logits_on_the_padded_input() -> None:
         model(x, coef, None)
 
 
+def test_normalize_is_the_authors_exactly() -> None:
+    model = _tiny()
+    img = torch.arange(256, dtype=torch.uint8).view(1, 16, 16).expand(3, -1, -1)
+    assert torch.equal(model.normalize(img), ((img.float() - 127.5) / 127.5)[None])
+    torch.testing.assert_close(model.normalize(img.float() / 255), model.normalize(img), rtol=0, atol=1e-6)
+
+
 def test_dct_volume_is_the_clipped_one_hot() -> None:
     coef = torch.tensor([[[0, 1, -1, 19, -19, 20, -20, 300], [-300, 5, 0, 0, 0, 0, 0, 0]]])
     vol = dct_volume(coef)
@@ -224,9 +231,11 @@ def test_localize_verb_reads_jpeg_coefficients_and_orients(tmp_path: Path) -> No
 
 
 def _official_file(path: Path, model: CATNet) -> None:
-    """The authors' tools/train.py checkpoint layout around ``model``'s (official-named) state dict."""
-    torch.save({"epoch": 25, "best_p_mIoU": 0.61, "state_dict": model.state_dict(),
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.005, "momentum": 0.9, "params": [0, 1]}]}}, path)
+    """The authors' tools/train.py checkpoint layout around ``model``'s (official-named) state dict, in the
+    pre-zip serialisation of their PyTorch 1.1, with a numpy score as their validate() returns."""
+    torch.save({"epoch": 25, "best_p_mIoU": np.float64(0.61), "state_dict": model.state_dict(),
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.005, "momentum": 0.9, "params": [0, 1]}]}}, path,
+               _use_new_zipfile_serialization=False)
 
 
 def test_convert_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

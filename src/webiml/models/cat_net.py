@@ -42,8 +42,8 @@ Deviations / webiml adaptations:
 - Padding: the authors pad the RGB image to a multiple of 8 with 127.5 (0 after normalisation) and the
   coefficients with 0, bottom / right; webiml does the same inside :meth:`CATNet.forward` (not IMLModel's
   reflect padding, which would move content onto the 8x8 grid of the padding).
-- ``uint8`` inputs are normalised as ``(x / 255 - 0.5) / 0.5`` (webiml's :meth:`normalize`), the authors'
-  ``(x - 127.5) / 127.5``: equal up to float32 rounding (about 6e-8).
+- :meth:`CATNet.normalize` maps ``uint8`` images to exactly the authors' ``(x - 127.5) / 127.5``; float images
+  in [0, 1] go through ``(x - 0.5) / 0.5`` (equal up to float32 rounding).
 - EXIF orientation: the coefficients are in stored order, so ``webiml localize`` runs the model on the stored
   pixels and orients the resulting map (the authors ignore the orientation tag).
 - The two-class output becomes one logit map (above); upsampling is linear, so ``sigmoid`` of it equals the
@@ -203,6 +203,14 @@ class CATNet(IMLModel):
         last = sum(widths)
         self.last_layer = nn.Sequential(nn.Conv2d(last, last, 1, 1, 0), nn.BatchNorm2d(last, momentum=BN_MOMENTUM),
                                         nn.ReLU(inplace=True), nn.Conv2d(last, 2, 1, 1, 0))
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """As :meth:`IMLModel.normalize`, but ``uint8`` images with the default statistics become exactly the
+        authors' ``(x - 127.5) / 127.5`` (``(x / 255 - 0.5) / 0.5`` differs by float rounding, ~6e-8)."""
+        if images.dtype == torch.uint8 and bool((self.input_mean == 0.5).all()) and bool((self.input_std == 0.5).all()):
+            x = (images.float() - 127.5) / 127.5
+            return (x if x.ndim == 4 else x[None]).to(self.input_mean.device)
+        return super().normalize(images)
 
     # -- the authors' network on the authors' inputs -----------------------------------------------
     def rgb_stream(self, x: Tensor) -> list[Tensor]:
