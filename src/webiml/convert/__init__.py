@@ -23,6 +23,8 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                      "webiml.convert.adaptive_cfa:convert_adaptive_cfa"),
     "apsc-net": ("APSC-Net (CVPR 2024) mmcv checkpoint from qcf-568/MIML, e.g. APSC-Net.pth",
                  "webiml.convert.apsc_net:convert_apsc_net"),
+    "iml-vit": ("IML-ViT (Ma et al. 2023) iml-vit_checkpoint.pth from SunnyHaze/IML-ViT (state dict or {'model': ...})",
+                "webiml.convert.iml_vit:convert_iml_vit"),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      "webiml.convert.noiseprint:convert_noiseprint_pp"),
 }
