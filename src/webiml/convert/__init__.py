@@ -25,6 +25,8 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                  "webiml.convert.apsc_net:convert_apsc_net"),
     "iml-vit": ("IML-ViT (Ma et al. 2023) iml-vit_checkpoint.pth from SunnyHaze/IML-ViT (state dict or {'model': ...})",
                 "webiml.convert.iml_vit:convert_iml_vit"),
+    "mesorch": ("Mesorch (AAAI 2025) IMDL-BenCo checkpoint from scu-zjz/Mesorch, e.g. ckpt_mesorch/mesorch-98.pth",
+                "webiml.convert.mesorch:convert_mesorch"),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      "webiml.convert.noiseprint:convert_noiseprint_pp"),
 }
