@@ -143,3 +143,19 @@ def test_iml_loss_edge_term() -> None:
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     ref = bce(logits, target) + 20 * bce(logits, target, weight=edge_band(target))
     torch.testing.assert_close(loss, ref)
+
+
+def test_backbone_weights_from_a_plain_vit(tmp_path: Path) -> None:
+    """The authors start from MAE ViT-B (timm ViT keys): patch embedding, position embedding and blocks load,
+    the relative position tables (absent from a plain ViT) stay zero."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(img_size=224, patch_size=16, embed_dim=48, depth=4, num_heads=3, num_classes=0)
+    torch.save({"model": vit.state_dict()}, tmp_path / "mae.pth")
+    model = IMLViT(size="tiny", backbone_weights=str(tmp_path / "mae.pth"))
+    assert torch.equal(model.backbone.blocks[2].attn.qkv.weight, vit.blocks[2].attn.qkv.weight)
+    assert torch.equal(model.backbone.pos_embed, vit.pos_embed)
+    assert model.backbone.blocks[1].attn.rel_pos_h.abs().sum() == 0
+    assert model.config["backbone_weights"] is None  # a saved model carries its weights
+    with pytest.raises(ValueError, match="lack"):
+        IMLViT(size="tiny", depth=5, global_blocks=[1, 4], backbone_weights=str(tmp_path / "mae.pth"))
