@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fractions
 import json
 from pathlib import Path
 
@@ -107,9 +108,13 @@ def test_bad_checkpoints_fail_clearly(tmp_path: Path, source: APSCNet, capsys, e
 
 def test_refuses_full_unpickling_and_non_state_dicts(tmp_path: Path) -> None:
     pickled = tmp_path / "pickled.pth"
-    torch.save({"state_dict": {"a": torch.zeros(1)}, "meta": argparse.Namespace(config="...")}, pickled)
-    with pytest.raises(ConversionError, match=r"weights_only=True.*argparse\.Namespace"):
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "meta": fractions.Fraction(1, 3)}, pickled)
+    with pytest.raises(ConversionError, match=r"weights_only=True.*fractions\.Fraction"):
         load_checkpoint(pickled)
+    # MAE-style training scripts (IML-ViT, IMDL-BenCo) store their argparse args: plain data, accepted.
+    with_args = tmp_path / "with_args.pth"
+    torch.save({"model": {"a": torch.zeros(1)}, "args": argparse.Namespace(lr=1e-4, data="x")}, with_args)
+    assert list(load_checkpoint(with_args)) == ["a"]
     listing = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], listing)
     with pytest.raises(ConversionError, match="not a state dict"):

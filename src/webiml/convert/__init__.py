@@ -25,6 +25,10 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                  "webiml.convert.apsc_net:convert_apsc_net"),
     "cat-net": ("CAT-Net v1/v2 (WACV 2021 / IJCV 2022) from mjkwon2021/CAT-Net, e.g. CAT_full_v2.pth.tar",
                 "webiml.convert.cat_net:convert_cat_net"),
+    "iml-vit": ("IML-ViT (Ma et al. 2023) iml-vit_checkpoint.pth from SunnyHaze/IML-ViT (state dict or {'model': ...})",
+                "webiml.convert.iml_vit:convert_iml_vit"),
+    "mesorch": ("Mesorch (AAAI 2025) IMDL-BenCo checkpoint from scu-zjz/Mesorch, e.g. ckpt_mesorch/mesorch-98.pth",
+                "webiml.convert.mesorch:convert_mesorch"),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      "webiml.convert.noiseprint:convert_noiseprint_pp"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import re
 from collections.abc import Mapping
@@ -28,17 +29,20 @@ def few_keys(keys: list[str] | set[str], n: int = 5) -> str:
 
 
 def _safe_numpy_globals() -> list[Any]:
-    """numpy scalar/dtype reconstructors: mmcv stores metrics in ``meta`` as numpy scalars.
+    """Classes a checkpoint may hold besides tensors and containers, all of them plain data.
 
-    They rebuild plain numbers and dtypes only (no arrays, no arbitrary callables).
+    numpy scalar/dtype reconstructors (mmcv stores metrics in ``meta`` as numpy scalars): they rebuild plain
+    numbers and dtypes only (no arrays, no arbitrary callables). ``argparse.Namespace``: MAE-style training
+    scripts (IML-ViT, IMDL-BenCo's Mesorch) save their command-line ``args`` next to the weights; the
+    weights-only unpickler rebuilds it as an attribute bag of plain values.
     """
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a dependency of torch's pickles anyway
-        return []
+        return [argparse.Namespace]
     multiarray = getattr(np, "_core", None)
     multiarray = getattr(multiarray, "multiarray", None) or np.core.multiarray
-    found: list[Any] = [multiarray.scalar, np.dtype]
+    found: list[Any] = [argparse.Namespace, multiarray.scalar, np.dtype]
     found += [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", object)) if n.endswith("DType")]
     return found
 

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from webiml.models.apsc_net import APSCNet
     from webiml.models.baselines import SmpIML
     from webiml.models.caaa import PairClassifier, SDGSegmenter, SPGSegmenter
+    from webiml.models.iml_vit import IMLViT
+    from webiml.models.mesorch import Mesorch
     from webiml.models.noiseprint import NoiseprintPP
     from webiml.models.web_iml import WebIML, web_iml_base, web_iml_small, web_iml_tiny
 
@@ -32,6 +34,8 @@ __all__ = [
     "SPGSegmenter",
     "IMLModel",
     "IMLOutput",
+    "IMLViT",
+    "Mesorch",
     "NoiseprintPP",
     "SmpIML",
     "create_model",

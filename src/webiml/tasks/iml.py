@@ -45,6 +45,9 @@ class IMLTask(BaseTask):
         poly_power: exponent of the poly schedule.
         bce_weight, dice_weight, ohem_thresh, ohem_min_kept, image_loss_weight, aux_weights, pos_weight: see
             :class:`~webiml.tasks.losses.IMLLoss`.
+        edge_loss_weight, edge_width: the edge BCE term of :class:`~webiml.tasks.losses.IMLLoss`
+            (``edge_weight``, ``edge_width``); IML-ViT's loss is ``bce_weight=1, dice_weight=0,
+            edge_loss_weight=20, edge_width=7``.
         gpu_augment: batch-level photometric augmentation run on the device during training.
         threshold: binarisation threshold of the fixed-threshold metrics.
         init_weights: start from a pretrained model (catalogue name, Hub id, folder or .safetensors): its
@@ -71,6 +74,8 @@ class IMLTask(BaseTask):
         image_loss_weight: float = 0.5,
         aux_weights: float | list[float] = 0.4,
         pos_weight: float = 1.0,
+        edge_loss_weight: float = 0.0,
+        edge_width: int = 7,
         gpu_augment: GpuAugment | None = None,
         threshold: float = 0.5,
         init_weights: str | None = None,
@@ -79,7 +84,8 @@ class IMLTask(BaseTask):
     ) -> None:
         super().__init__()  # hyperparameters: the net (and gpu_augment) stored as class_path configs
         self.net = self.build_net(net, init_weights, freeze_encoder)
-        self.criterion = IMLLoss(bce_weight, dice_weight, ohem_thresh, ohem_min_kept, image_loss_weight, aux_weights, pos_weight)
+        self.criterion = IMLLoss(bce_weight, dice_weight, ohem_thresh, ohem_min_kept, image_loss_weight, aux_weights, pos_weight,
+                                 edge_loss_weight, edge_width)
         self.gpu_augment = gpu_augment
 
     @staticmethod
