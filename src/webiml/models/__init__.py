@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from webiml.models.baselines import SmpIML
     from webiml.models.caaa import PairClassifier, SDGSegmenter, SPGSegmenter
     from webiml.models.noiseprint import NoiseprintPP
+    from webiml.models.trufor import TruFor
     from webiml.models.web_iml import WebIML, web_iml_base, web_iml_small, web_iml_tiny
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "IMLOutput",
     "NoiseprintPP",
     "SmpIML",
+    "TruFor",
     "create_model",
     "list_models",
     "register_model",
