@@ -37,6 +37,8 @@ Deviations from the official code:
   ``conf_head_bn_eps=1e-5`` reproduces the container.
 - Frozen modules (``set_frozen``; Noiseprint++ by default, as ``FIX_MODULES``) are kept in eval mode and run
   without gradients, as the official ``encode_decode`` does.
+- Inputs with a side under 29 pixels (``min_size``), on which the authors' code fails, are padded to it by
+  replicating the border and the maps cropped back; the detection score then pools over the padded maps.
 - Smaller presets (``tiny``) exist for tests only; ``b0``..``b5`` follow the official ``mit_b*`` backbones.
 """
 
@@ -96,6 +98,20 @@ def weighted_statistics_pooling(x: Tensor, log_w: Tensor | None = None) -> Tenso
     w = log_w.exp()
     return torch.cat((-torch.logsumexp(log_w - x, dim=-1), torch.logsumexp(log_w + x, dim=-1),
                       (w * x).sum(-1), (w * x * x).sum(-1)), dim=1)
+
+
+def min_input_size(sr_ratios: Sequence[int]) -> int:
+    """The smallest image side the encoder accepts: every stage's map (sides ``ceil(H / 4)``, then halved
+    with rounding up) must be at least as large as its attention's spatial reduction (29 for TruFor)."""
+    def fits(h: int) -> bool:
+        side = -(-h // 4)
+        for i, r in enumerate(sr_ratios):
+            side = side if i == 0 else -(-side // 2)
+            if side < int(r):
+                return False
+        return True
+
+    return next(h for h in range(1, 1 << 16) if fits(h))
 
 
 class TruFor(Uint8Over256Input, IMLModel):
@@ -172,6 +188,7 @@ class TruFor(Uint8Over256Input, IMLModel):
             load_mit_weights(self.backbone, backbone_weights)
         if noiseprint_weights:
             self.load_noiseprint(noiseprint_weights)
+        self.min_size = min_input_size(cfg["sr_ratios"])
         self._frozen: tuple[str, ...] = ()
         self.set_frozen(["dncnn"] if freeze_noiseprint else [])
 
@@ -227,6 +244,20 @@ class TruFor(Uint8Over256Input, IMLModel):
         """The Noiseprint++ residual ``(B, 1, H, W)`` of a normalised batch."""
         return self._part("dncnn", x)
 
+    def forward(self, x: Tensor) -> TruForOutput:
+        """As :meth:`IMLModel.forward`; inputs smaller than :attr:`min_size` are first padded to it (replicated
+        border) and the maps cropped back: each encoder stage needs a map at least as large as its attention's
+        spatial reduction (:func:`min_input_size`; the authors' code fails on such images)."""
+        h, w = x.shape[-2:]
+        ph, pw = max(self.min_size - h, 0), max(self.min_size - w, 0)
+        if x.ndim != 4 or not (ph or pw):
+            return super().forward(x)  # type: ignore[return-value]
+        out = super().forward(F.pad(x, (0, pw, 0, ph), mode="replicate"))
+        out.mask_logits = out.mask_logits[..., :h, :w]
+        if isinstance(out, TruForOutput) and out.confidence_logits is not None:
+            out.confidence_logits = out.confidence_logits[..., :h, :w]
+        return out  # type: ignore[return-value]
+
     def forward_padded(self, x: Tensor) -> TruForOutput:
         size = x.shape[-2:]
         noise = self.noiseprint(x).repeat(1, 3, 1, 1)
@@ -258,5 +289,5 @@ def trufor_tiny(**overrides: Any) -> TruFor:
     return TruFor(size="tiny", **overrides)
 
 
-__all__ = ["MODULES", "TRUFOR_PRESETS", "TruFor", "TruForOutput", "trufor", "trufor_tiny",
+__all__ = ["MODULES", "TRUFOR_PRESETS", "TruFor", "TruForOutput", "min_input_size", "trufor", "trufor_tiny",
            "weighted_statistics_pooling"]
