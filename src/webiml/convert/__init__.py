@@ -31,6 +31,8 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                 "webiml.convert.mesorch:convert_mesorch"),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      "webiml.convert.noiseprint:convert_noiseprint_pp"),
+    "trufor": ("TruFor (CVPR 2023) trufor.pth.tar from grip-unina/TruFor's TruFor_weights.zip",
+               "webiml.convert.trufor:convert_trufor"),
 }
 """Converter name -> (description, ``"module:function"`` with signature ``(checkpoint, out_dir, **overrides)``)."""
 
@@ -58,6 +60,9 @@ _REEXPORTS: dict[str, str] = {
     "convert_cat_net": "webiml.convert.cat_net",
     "convert_noiseprint_pp": "webiml.convert.noiseprint",
     "noiseprint_pp_official_to_webiml": "webiml.convert.noiseprint",
+    "convert_trufor": "webiml.convert.trufor",
+    "infer_trufor_config": "webiml.convert.trufor",
+    "trufor_official_to_webiml": "webiml.convert.trufor",
 }
 """Names kept importable from ``webiml.convert`` itself (loaded from their family module on first use)."""
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from webiml.models.iml_vit import IMLViT
     from webiml.models.mesorch import Mesorch
     from webiml.models.noiseprint import NoiseprintPP
+    from webiml.models.trufor import TruFor
     from webiml.models.web_iml import WebIML, web_iml_base, web_iml_small, web_iml_tiny
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Mesorch",
     "NoiseprintPP",
     "SmpIML",
+    "TruFor",
     "create_model",
     "list_models",
     "register_model",

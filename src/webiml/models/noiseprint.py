@@ -98,7 +98,21 @@ class BlindNoiseModel(IMLModel):
         return IMLOutput(mask_logits=logits, image_logits=None)
 
 
-class NoiseprintPP(BlindNoiseModel):
+class Uint8Over256Input:
+    """Mixin (before :class:`IMLModel`) for models fed like GRIP's loaders, ``uint8 / 256``: with the default
+    statistics (mean 0, std 256/255) :meth:`normalize` turns ``uint8`` images into exactly ``uint8 / 256``
+    (``x / 255`` then ``/ (256 / 255)`` is off by an ulp, which a DnCNN amplifies to ~1e-4); anything else
+    goes through :meth:`IMLModel.normalize`."""
+
+    def normalize(self, images: Tensor) -> Tensor:
+        mean, std = self.input_mean, self.input_std  # type: ignore[attr-defined]
+        if images.dtype == torch.uint8 and bool((mean == 0).all()) and bool((std == 256.0 / 255.0).all()):
+            x = images.float() / 256.0
+            return (x if x.ndim == 4 else x[None]).to(mean.device)
+        return super().normalize(images)  # type: ignore[misc]
+
+
+class NoiseprintPP(Uint8Over256Input, BlindNoiseModel):
     """Noiseprint++ (TruFor, CVPR 2023) + the Noiseprint blind localization; see the module docstring.
 
     Args:
@@ -117,14 +131,6 @@ class NoiseprintPP(BlindNoiseModel):
         self.residual_std = float(residual_std)
         self.dncnn = make_dncnn(3, 1, depth=17, features=64)
 
-    def normalize(self, images: Tensor) -> Tensor:
-        """As :meth:`IMLModel.normalize`, but ``uint8`` images with the default statistics become exactly
-        ``uint8 / 256`` (TruFor's loaders): the DnCNN amplifies a one-ulp input difference to ~1e-4."""
-        if images.dtype == torch.uint8 and bool((self.input_mean == 0).all()) and bool((self.input_std == 256.0 / 255.0).all()):
-            x = images.float() / 256.0
-            return (x if x.ndim == 4 else x[None]).to(self.input_mean.device)
-        return super().normalize(images)
-
     def residual(self, x: Tensor) -> Tensor:
         return self.dncnn(x)
 
@@ -141,4 +147,4 @@ class NoiseprintPP(BlindNoiseModel):
         return ((res.double() - mu) / sd * self.residual_std + self.residual_mean).to(res.dtype)
 
 
-__all__ = ["BlindNoiseModel", "NoiseprintPP", "gray_from_normalized", "make_dncnn"]
+__all__ = ["BlindNoiseModel", "NoiseprintPP", "Uint8Over256Input", "gray_from_normalized", "make_dncnn"]
