@@ -274,6 +274,17 @@ def test_zoo_licence_column_is_the_weights_licence() -> None:
     assert entries["apsc-net-convnext-b-miml"].license_short == "cc-by-nc-4.0"
     assert hub_license("Apache-2.0") == ("apache-2.0", None)
     assert hub_license("Apache-2.0 code; weights for non-commercial use") == ("other", "non-commercial-research")
+    assert entries["adaptive-cfa"].license_short == "no-licence-granted"
+
+
+def test_zoo_list_shows_where_the_weights_are(capsys: pytest.CaptureFixture[str]) -> None:
+    from webiml.cli import main
+
+    assert main(["zoo", "list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "embedded" in rows["iml-unet-lite0-online"]
+    for name in ("trufor", "cat-net-v2", "iml-vit-casiav2", "mesorch", "apsc-net-convnext-b-miml"):
+        assert "needs-conversion" in rows[name] and "upstream; webiml convert" in rows[name]
 
 
 def test_push_to_hub_uploads_the_saved_folder(monkeypatch: pytest.MonkeyPatch, tiny_model: SmpIML) -> None:

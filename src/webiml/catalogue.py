@@ -31,13 +31,16 @@ def hub_license(text: str) -> tuple[str, str | None]:
     """The Hub metadata (``license``, ``license_name``) for a catalogue licence text, which describes the
     *weights* first: a known id at its start (``"CC-BY-NC-4.0 (upstream weights)"`` -> ``cc-by-nc-4.0``);
     any mention of non-commercial use without an NC id -> ``other`` / ``non-commercial-research`` (never a
-    permissive id for restricted weights); otherwise ``other`` / ``unknown`` or ``unspecified``."""
+    permissive id for restricted weights); "no licence (granted)" -> ``other`` / ``no-licence-granted``; otherwise
+    ``other`` / ``unknown`` or ``unspecified``."""
     first = text.strip().split(" ")[0].strip(",;:()").lower() if text.strip() else ""
     restricted = re.search(r"non-?commercial|\bnc\b", text, re.IGNORECASE) is not None
     if first in HUB_LICENSES and (not restricted or "-nc" in first):
         return first, None
     if restricted:
         return "other", "non-commercial-research"
+    if re.search(r"\bno licen[cs]e\b", text, re.IGNORECASE):
+        return "other", "no-licence-granted"
     return "other", "unknown" if "unknown" in text.lower() else "unspecified"
 
 

@@ -8,6 +8,17 @@ import json
 from webiml.cli import register_verb, text_table
 
 
+def _weights_location(weights: dict) -> str:
+    """Where a catalogue entry's weights are, in a few words: in the package, on the Hub, or upstream (convert them)."""
+    if weights.get("embedded"):
+        return "embedded"
+    if weights.get("hub"):
+        return f"hub:{weights['hub']}"
+    if weights.get("upstream"):
+        return "upstream; webiml convert" if weights.get("converter") else "upstream"
+    return "-"
+
+
 @register_verb("zoo", "list the model zoo or show one model (zoo list [PATTERN] | zoo info NAME)")
 def zoo(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="webiml zoo", description="The webiml model catalogue (checkpoints.yaml).")
@@ -29,9 +40,9 @@ def zoo(argv: list[str]) -> int:
         for n in names:
             e = entries[n]
             best = next((m for m in e.metrics if "pixel_f1" in m), None)
-            rows.append([n, e.status, e.task, e.architecture, e.license_short,
+            rows.append([n, e.status, e.task, e.architecture, _weights_location(e.weights), e.license_short,
                          f"{best['pixel_f1']:.3f} ({best.get('dataset', '?')})" if best else "-"])
-        print(text_table(rows, ["name", "status", "task", "architecture", "licence", "pixel F1"], "l" * 6) if rows else "no model matches")
+        print(text_table(rows, ["name", "status", "task", "architecture", "weights", "licence", "pixel F1"], "l" * 7) if rows else "no model matches")
         return 0
     if args.name not in entries:
         print(f"unknown model {args.name!r}; see `webiml zoo list`")
