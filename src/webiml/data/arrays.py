@@ -86,9 +86,9 @@ def resize_linear_cv(image: np.ndarray, height: int, width: int,
 
     OpenCV resamples 8-bit images in fixed point: a horizontal pass with 11-bit weights into int32, then a
     vertical pass computed as ``(((S0 >> 4) * b0 >> 16) + ((S1 >> 4) * b1 >> 16) + 2) >> 2`` (its SIMD
-    formula, which OpenCV applies to whole rows). Measured identical to opencv-python-headless 4.5.5, 4.8.1
-    and 4.14 (x86-64 wheels) on 600 random images and 0/1 masks, up- and downscaling (other CPU builds not
-    measured). No antialiasing on downscaling (as OpenCV).
+    formula, which OpenCV applies to whole rows). Measured identical to opencv-python-headless 4.5.5, 4.8.1,
+    4.10, 4.12 and 4.14 (x86-64 wheels) on 600 random images and 0/1 masks, up- and downscaling (other CPU
+    builds not measured). No antialiasing on downscaling (as OpenCV).
     """
     img = np.asarray(image)
     if img.dtype != np.uint8 or img.ndim not in (2, 3):
