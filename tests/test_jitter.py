@@ -1,186 +1,286 @@
-"""Object Jitter: exact masks, enlargement, blur kernels, rejection, second object, determinism; COCO
-polygon/RLE decoding; jitter datasets; QES weights for web supervision. Generated data only."""
+"""Object Jitter as the MIML authors run it (class ``COCO`` of their mmseg pipelines), rule by rule on hand-made
+instance masks: box filter, growth by round(h / 16) centred on the box, hard alpha, blur coin and kernel table,
+label alpha > 0.5, the second-object rule (with the authors' index comparison), rejection; OpenCV-exact
+resizing and blur against stored OpenCV outputs; COCO polygon/RLE decoding and boxes. Generated data only."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from jitter_builders import Scripted, coco_tree, ellipse, rect, textured, window_mask
+from webiml.data.arrays import resize_linear_cv, resize_nearest_cv
 from webiml.data.coco import CocoInstances, annotation_to_mask, decode_rle, encode_rle, polygons_to_mask
-from webiml.data.jitter import _gaussian_taps, blur_kernel_size, object_jitter
-from webiml.data.jitter_dataset import main, write_jitter_dataset
-from webiml.data.manifest import read_manifest
-from webiml.io import read_image, read_mask, save_image
+from webiml.data.jitter import ObjectJitter, _blur, blur_kernel_size, candidate_boxes, object_jitter
+
+FIXTURE = Path(__file__).parent / "fixtures" / "opencv_resize_blur.json"
 
 
-def _photo(h: int = 128, w: int = 128, seed: int = 0) -> np.ndarray:
-    """A textured image (smooth gradient + noise) so that resampling changes pixels."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([yy * 1.5, xx * 1.5, (yy + xx) * 0.7], -1) % 200
-    return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-def _rect(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    m = np.zeros((h, w), bool)
-    m[y0:y1, x0:x1] = True
-    return m
-
-
-def _ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w]
-    return ((yy + 0.5 - cy) / ry) ** 2 + ((xx + 0.5 - cx) / rx) ** 2 <= 1.0
-
-
-def _window_mask(shape: tuple[int, int], window: list[int]) -> np.ndarray:
-    m = np.zeros(shape, bool)
-    y0, y1, x0, x1 = window
-    m[y0:y1, x0:x1] = True
-    return m
-
-
-def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+def _tight(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 # --------------------------------------------------------------------------------------------------
-# the augmentation
+# candidates
 
 
-@pytest.mark.parametrize("p_blur", [0.0, 1.0])
-def test_mask_is_alpha_above_half_and_outside_is_untouched(p_blur: float) -> None:
-    img = _photo()
-    obj = _ellipse(128, 128, 60, 64, 30, 22)
-    f = object_jitter(img, [obj], np.random.default_rng(0), p_blur=p_blur, p_second=0)
-    assert f is not None and f.kind == "jitter" and f.label == 1
-    assert f.mask.dtype == np.uint8 and set(np.unique(f.mask)) <= {0, 255}
-    np.testing.assert_array_equal(f.mask, (f.alpha > 0.5).astype(np.uint8) * 255)
+def test_box_filter_thresholds_on_mask_boxes() -> None:
+    h, w = 96, 96
+    masks = [rect(h, w, 0, 8, 0, 32),      # 8 x 32: the smallest side allowed, area 256
+             rect(h, w, 20, 27, 0, 40),    # 7 px high: too thin
+             rect(h, w, 40, 55, 0, 16),    # 15 x 16 = 240 px^2 < 256
+             rect(h, w, 60, 76, 0, 16),    # 16 x 16 = 256 px^2: in
+             np.zeros((h, w), bool)]       # empty: no box
+    got = candidate_boxes(masks, None, (h, w))
+    assert [i for i, _ in got] == [0, 3]
+    np.testing.assert_array_equal(got[0][1], [0, 0, 32, 8])  # xyxy, the end exclusive (a COCO-like width)
+    assert candidate_boxes(masks, None, (h, w), min_side=7, min_box_area=240)[1][0] == 1
+    img = textured(h, w)
+    assert object_jitter(img, [masks[1]], np.random.default_rng(0)) is None
+    assert object_jitter(img, [masks[2]], np.random.default_rng(0)) is None
+    assert object_jitter(img, [masks[0]], np.random.default_rng(0)) is not None
+
+
+def test_box_filter_on_given_boxes_clips_to_the_image() -> None:
+    h, w = 64, 64
+    masks = [rect(h, w, 10, 40, 0, 12)] * 4
+    boxes = [[-10, 10, 10, 40],    # clipped to x 0..10: 10 x 30, in
+             [-10, 10, 5, 40],     # clipped to 5 px wide: out
+             [64, 10, 90, 40],     # entirely right of the image: out
+             [50, 50, 80, 80]]     # clipped to 14 x 14 = 196 px^2: out
+    got = candidate_boxes(masks, boxes, (h, w))
+    assert [i for i, _ in got] == [0]
+    np.testing.assert_array_equal(got[0][1], [0, 10, 10, 40])
+    with pytest.raises(ValueError, match="boxes"):
+        candidate_boxes(masks, boxes[:2], (h, w))
+
+
+# --------------------------------------------------------------------------------------------------
+# one object: growth, centring, hard alpha
+
+
+@pytest.mark.parametrize(("extent", "dy"), [(9, 0), (25, 2), (32, 2), (41, 2), (57, 4)])
+def test_growth_is_round_half_even_of_h_over_16_and_centred(extent: int, dy: int) -> None:
+    # the authors' h is max row - min row (extent - 1) and np.round rounds halves to even: 8/16 -> 0,
+    # 24/16 -> 2, 40/16 -> 2, 56/16 -> 4; 40 columns: w = 39, dx = round(2.4375) = 2
+    img = textured(128, 128)
+    f = object_jitter(img, [rect(128, 128, 20, 20 + extent, 40, 80)], np.random.default_rng(0), p_blur=0)
     (o,) = f.info["objects"]
-    inside = _window_mask(img.shape[:2], o["window"])
-    assert not f.alpha[~inside].any() and not f.mask[~inside].any()
-    np.testing.assert_array_equal(f.image[~inside], img[~inside])
-    np.testing.assert_array_equal(f.image[f.alpha == 0], img[f.alpha == 0])  # alpha 0: untouched too
-    np.testing.assert_array_equal(f.source, img)
-    changed = np.abs(f.image.astype(int) - img).max(-1) > 0
-    assert changed[f.mask > 0].mean() > 0.5  # the enlarged object really replaced the pixels
-    if p_blur:
-        assert o["blur_kernel"] == blur_kernel_size(min(o["box"][1] - o["box"][0], o["box"][3] - o["box"][2])) == 5
-        soft = ((f.alpha > 0) & (f.alpha < 1)).sum()
-        sharp = object_jitter(img, [obj], np.random.default_rng(0), p_blur=0, p_second=0)
-        assert soft > 2 * ((sharp.alpha > 0) & (sharp.alpha < 1)).sum()
+    assert o["tight"] == [20, 20 + extent - 1, 40, 79] and o["pad"] == [dy, 2]
+    assert o["window"] == [20 - dy, 20 + extent - 1 + dy, 38, 81]  # the tight box grown equally on each side
+    np.testing.assert_array_equal(f.mask > 0, window_mask((128, 128), o["window"]))  # a rectangle fills it
+    if dy == 0:  # the object's last row is not part of the authors' box: untouched and unlabelled
+        np.testing.assert_array_equal(f.image[28], img[28])
 
 
-def test_enlargement_about_one_eighth_centred_on_the_box() -> None:
-    img = _photo()
-    # a rectangle 32 x 64: pads round(32/16) = 2 and round(64/16) = 4 on each side
-    f = object_jitter(img, [_rect(128, 128, 40, 72, 30, 94)], np.random.default_rng(1), p_blur=0, p_second=0)
+def test_centring_on_an_ellipse() -> None:
+    img = textured(128, 128)
+    obj = ellipse(128, 128, 64, 60, 40, 24)
+    f = object_jitter(img, [obj], np.random.default_rng(2), p_blur=0)
     (o,) = f.info["objects"]
-    assert o["box"] == [40, 72, 30, 94] and o["pad"] == [2, 4] and o["window"] == [38, 74, 26, 98]
-    assert _tight_box(f.mask > 0) == (38, 74, 26, 98)  # a rectangle fills its whole enlarged box
-    # an ellipse: the pasted mask's tight box is the enlarged box (to a pixel), ~12.5% larger
-    obj = _ellipse(128, 128, 64, 64, 40, 24)
-    f = object_jitter(img, [obj], np.random.default_rng(2), p_blur=0, p_second=0)
-    (o,) = f.info["objects"]
-    box, got = _tight_box(obj), _tight_box(f.mask > 0)
+    r0, r1, c0, c1 = o["tight"]
+    y0, y1, x0, x1 = o["window"]
+    assert (y0 + y1, x0 + x1) == (r0 + r1, c0 + c1)  # centred on the box
+    got = _tight(f.mask > 0)
     assert np.abs(np.subtract(got, o["window"])).max() <= 1
-    for a, b in ((0, 1), (2, 3)):
-        ratio = (got[b] - got[a]) / (box[b] - box[a])
-        assert 1.09 <= ratio <= 1.16, ratio
-        assert abs((got[a] + got[b]) - (box[a] + box[b])) <= 1  # centred
-    assert (f.mask > 0)[obj].mean() > 0.99  # the enlarged object covers the original
+    assert 1.15 < (f.mask > 0).sum() / obj.sum() < 1.40  # ~1.125^2 larger
+    assert (f.mask > 0)[obj].mean() > 0.97  # the enlarged object covers the original
+
+
+def test_alpha_is_hard_without_blur_and_pixels_are_the_resized_patch() -> None:
+    img = textured(96, 96, seed=3)
+    obj = ellipse(96, 96, 50, 44, 26, 20) & (np.random.default_rng(1).random((96, 96)) < 0.85)  # ragged
+    f = object_jitter(img, [obj], np.random.default_rng(0), p_blur=0)
+    assert set(np.unique(f.alpha)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(f.mask > 0, f.alpha == 1.0)
+    (o,) = f.info["objects"]
+    r0, r1, c0, c1 = o["tight"]
+    dy, dx = o["pad"]
+    patch = resize_linear_cv(img[r0:r1, c0:c1], r1 - r0 + 2 * dy, c1 - c0 + 2 * dx)
+    y0, y1, x0, x1 = o["window"]
+    oy, ox = y0 - (r0 - dy), x0 - (c0 - dx)
+    inside = f.alpha[y0:y1, x0:x1] == 1
+    np.testing.assert_array_equal(f.image[y0:y1, x0:x1][inside], patch[oy:oy + y1 - y0, ox:ox + x1 - x0][inside])
+    np.testing.assert_array_equal(f.image[f.alpha == 0], img[f.alpha == 0])  # everything else untouched
+    np.testing.assert_array_equal(f.source, img)
 
 
 def test_window_is_clipped_at_the_border() -> None:
-    img = _photo(64, 96)
-    obj = _rect(64, 96, 0, 40, 70, 96)
-    f = object_jitter(img, [obj], np.random.default_rng(0), p_blur=1.0, p_second=0)
+    img = textured(64, 96)
+    f = object_jitter(img, [rect(64, 96, 0, 40, 70, 96)], np.random.default_rng(0), p_blur=0)
     (o,) = f.info["objects"]
-    assert o["window"] == [0, 42, 68, 96]
+    # tight rows 0..39 (h 39, dy 2), columns 70..95 (w 25, dx 2): rows -2..41 and columns 68..97, clipped
+    assert o["tight"] == [0, 39, 70, 95] and o["window"] == [0, 41, 68, 96]
+    np.testing.assert_array_equal(f.mask > 0, window_mask((64, 96), o["window"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# blur and label
+
+
+def test_blur_coin_is_uniform_above_0_8() -> None:
+    img, obj = textured(48, 48), rect(48, 48, 10, 30, 10, 30)  # box 20 px: kernel 3
+    blurred = object_jitter(img, [obj], Scripted([0], [0.81]))
+    sharp = object_jitter(img, [obj], Scripted([0], [0.8]))  # the authors: uniform(0, 1) > 0.8
+    assert blurred.info["objects"][0]["blur_kernel"] == 3 and sharp.info["objects"][0]["blur_kernel"] == 1
+    ks = [object_jitter(img, [obj], np.random.default_rng(s)).info["objects"][0]["blur_kernel"] for s in range(400)]
+    assert 0.15 < np.mean(np.equal(ks, 3)) < 0.25 and set(ks) == {1, 3}
+
+
+@pytest.mark.parametrize(("box_hw", "k"), [((15, 40), 1), ((16, 16), 3), ((40, 60), 5), ((70, 70), 7),
+                                           ((130, 140), 9), ((260, 270), 11)])
+def test_blur_kernel_comes_from_the_box_size(box_hw: tuple[int, int], k: int) -> None:
+    img = textured(300, 300)
+    # the mask is the same every time, the (annotation) box decides; an ellipse, since the blur only sees the
+    # pasted window (reflected at its border), so a mask filling its box stays all ones
+    obj = ellipse(300, 300, 112, 112, 12, 12)
+    bh, bw = box_hw
+    f = object_jitter(img, [obj], np.random.default_rng(0), boxes=[[10, 10, 10 + bw, 10 + bh]], p_blur=1.0)
+    (o,) = f.info["objects"]
+    assert o["blur_kernel"] == k == blur_kernel_size(min(bh, bw))
+    soft = (f.alpha > 0) & (f.alpha < 1)
+    assert soft.any() == (k > 1)
     np.testing.assert_array_equal(f.mask, (f.alpha > 0.5).astype(np.uint8) * 255)
-    assert _tight_box(f.mask > 0) == (0, 42, 68, 96)
-
-
-def test_rejection_rules() -> None:
-    img, rng = _photo(), np.random.default_rng(0)
-    assert object_jitter(img, [], rng) is None
-    assert object_jitter(img, [np.zeros((128, 128), bool)], rng) is None  # empty instance
-    assert object_jitter(img, np.zeros((128, 128), np.int32), rng) is None  # empty label map
-    assert object_jitter(img, [_rect(128, 128, 10, 17, 10, 80)], rng) is None  # 7 px side: too small
-    assert object_jitter(img, [_rect(128, 128, 10, 22, 10, 30)], rng) is None  # 12 x 20 = 240 px^2 < 256
-    big = _rect(128, 128, 8, 120, 8, 120)  # enlarged to 126 x 126 = 97% of the image
-    assert object_jitter(img, [big], rng, p_second=0) is None
-    f = object_jitter(img, [big], rng, p_second=0, max_area=0.99)
-    assert f is not None and f.info["area"] > 0.75
-    with pytest.raises(ValueError, match="shape"):
-        object_jitter(img, [np.ones((10, 10), bool)], rng)
 
 
 @pytest.mark.parametrize(("size", "k"), [(0, 1), (15, 1), (16, 3), (31, 3), (32, 5), (63, 5), (64, 7), (127, 7),
                                          (128, 9), (255, 9), (256, 11), (2000, 11)])
-def test_blur_kernel_size(size: int, k: int) -> None:
+def test_blur_kernel_table(size: int, k: int) -> None:
     assert blur_kernel_size(size) == k
 
 
-def test_blur_kernel_follows_the_object_size_and_opencv_taps() -> None:
-    np.testing.assert_allclose(_gaussian_taps(3), [0.25, 0.5, 0.25])
-    np.testing.assert_allclose(_gaussian_taps(5), [0.0625, 0.25, 0.375, 0.25, 0.0625])
-    t9 = _gaussian_taps(9)
-    assert t9.sum() == pytest.approx(1.0) and t9.argmax() == 4
-    img = _photo(160, 160)
-    for (h, w), k in {(12, 30): 1, (20, 40): 3, (40, 40): 5, (100, 70): 7}.items():
-        f = object_jitter(img, [_rect(160, 160, 30, 30 + h, 30, 30 + w)], np.random.default_rng(0), p_blur=1.0, p_second=0)
-        assert f.info["objects"][0]["blur_kernel"] == k, (h, w)
-        np.testing.assert_array_equal(f.mask, (f.alpha > 0.5).astype(np.uint8) * 255)
-
-
-def test_second_object() -> None:
-    img = _photo(128, 160)
-    objs = [_rect(128, 160, 10, 40, 10, 40), _rect(128, 160, 10, 40, 100, 140), _rect(128, 160, 80, 120, 50, 110)]
-    f = object_jitter(img, objs, np.random.default_rng(3), p_blur=0, p_second=1.0, second_min_candidates=1)
-    assert len(f.info["objects"]) == 2
-    a, b = f.info["objects"]
-    assert a["instance"] != b["instance"]
-    ya0, ya1, xa0, xa1 = a["window"]
-    yb0, yb1, xb0, xb1 = b["box"]
-    assert not (max(ya0, yb0) < min(ya1, yb1) and max(xa0, xb0) < min(xa1, xb1))  # not overlapping the first
+def test_label_is_alpha_strictly_above_half() -> None:
+    img = textured(64, 64)
+    obj = rect(64, 64, 10, 30, 10, 26)
+    obj[:, 12:26:2] = False  # 1 px stripes: the 3-tap blur leaves exactly 0.5 on them
+    f = object_jitter(img, [obj], np.random.default_rng(0), p_blur=1.0)
+    assert f.info["objects"][0]["blur_kernel"] == 3
+    half = f.alpha == 0.5
+    assert half.any() and not f.mask[half].any()
     np.testing.assert_array_equal(f.mask, (f.alpha > 0.5).astype(np.uint8) * 255)
-    union = _window_mask(img.shape[:2], a["window"]) | _window_mask(img.shape[:2], b["window"])
-    np.testing.assert_array_equal(f.mask > 0, union)  # rectangles fill their enlarged boxes
+
+
+# --------------------------------------------------------------------------------------------------
+# the second object
+
+
+def _row_of_squares(drop: tuple[int, ...] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
+    """11 squares of 16 px: #4 overlaps the pasted window of #5 by one column, #6 only touches it."""
+    spots = [(10, 10), (10, 40), (10, 70), (10, 100), (50, 104), (50, 120), (50, 136), (90, 10), (90, 40), (90, 70),
+             (90, 100)]
+    masks = [rect(128, 192, y, y + 16, x, x + 16) for i, (y, x) in enumerate(spots) if i not in drop]
+    return textured(128, 192), masks
+
+
+def test_second_object_rule_as_the_authors_index_it() -> None:
+    img, masks = _row_of_squares()
+    # first = #5 (window rows 49..65, columns 119..135); kept: #0-3, #5 (the first), #6-10: 10 boxes > 8
+    kept = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10]
+    for t, expect in ((5, [5]), (4, [5, 5]), (0, [5, 0]), (9, [5, 10])):
+        rng = Scripted([5, t], [0.0, 0.0, 0.0])  # no blur, second-object coin < 0.5, no blur
+        f = object_jitter(img, masks, rng)
+        assert [o["instance"] for o in f.info["objects"]] == expect, t
+        assert rng.asked == [11, len(kept)]
+    # t == 5 equals the first's index in the full list (no second object) although kept[5] is #6; t == 4 is
+    # the first object itself (jittered twice, as the authors' code does)
+    f = object_jitter(img, masks, Scripted([5, 0], [0.0, 0.0, 0.0]))
+    union = window_mask((128, 192), f.info["objects"][0]["window"]) | window_mask((128, 192), f.info["objects"][1]["window"])
+    np.testing.assert_array_equal(f.mask > 0, union)
     np.testing.assert_array_equal(f.image[~union], img[~union])
-    # the authors' rule: a second object only when at least 8 other candidates are left
-    f = object_jitter(img, objs, np.random.default_rng(3), p_blur=0, p_second=1.0)
+    # "distinct": always another kept object (never #4, which overlaps the first window)
+    rng = Scripted([5, 4], [0.0, 0.0, 0.0])
+    f = object_jitter(img, masks, rng, second_pick="distinct")
+    assert [o["instance"] for o in f.info["objects"]] == [5, 6] and rng.asked == [11, 9]
+    # the coin: >= 0.5 means no second object
+    f = object_jitter(img, masks, Scripted([5], [0.0, 0.5]))
     assert len(f.info["objects"]) == 1
-    # candidates overlapping the first window are never chosen
-    near = [_rect(128, 160, 40, 80, 40, 80), _rect(128, 160, 60, 100, 60, 100)]
-    f = object_jitter(img, near, np.random.default_rng(0), p_blur=0, p_second=1.0, second_min_candidates=1)
-    assert len(f.info["objects"]) == 1
+
+
+def test_second_object_needs_more_than_8_boxes_left() -> None:
+    img, masks = _row_of_squares(drop=(9, 10))  # 9 candidates; 8 kept after the first (#5) is pasted
+    rng = Scripted([5], [0.0])
+    f = object_jitter(img, masks, rng)
+    assert len(f.info["objects"]) == 1 and rng.coins == 1  # no coin drawn: lenb = 8 is not > 8
+    rng = Scripted([5, 0], [0.0, 0.0, 0.0])
+    f = object_jitter(img, masks, rng, second_min_candidates=7)
+    assert [o["instance"] for o in f.info["objects"]] == [5, 0]
+    runs = [object_jitter(img, _row_of_squares()[1], np.random.default_rng(s)) for s in range(60)]
+    assert 0 < sum(len(r.info["objects"]) == 2 for r in runs) < 45  # about 0.5 * (9/11 .. 10/11) when #5 etc.
+
+
+# --------------------------------------------------------------------------------------------------
+# rejection and determinism
+
+
+def test_rejection_rules() -> None:
+    img, rng = textured(), np.random.default_rng(0)
+    assert object_jitter(img, [], rng) is None
+    assert object_jitter(img, [np.zeros((128, 128), bool)], rng) is None  # empty instance
+    assert object_jitter(img, np.zeros((128, 128), np.int32), rng) is None  # empty label map
+    big = rect(128, 128, 8, 120, 8, 120)  # enlarged to 118 x 118 = 85 % of the image
+    assert object_jitter(img, [big], rng) is None
+    f = object_jitter(img, [big], rng, max_area=0.99)
+    assert f is not None and f.info["area"] > 0.75
+    # a valid (annotation) box whose mask is empty in the image: the authors skip the paste -> empty -> reject
+    assert object_jitter(img, [np.zeros((128, 128), bool)], rng, boxes=[[10, 10, 60, 60]]) is None
+    # a one-row mask under a valid box: OpenCV cannot resize the empty patch -> the sample is dropped
+    assert object_jitter(img, [rect(128, 128, 30, 31, 10, 60)], rng, boxes=[[10, 20, 60, 50]]) is None
+    with pytest.raises(ValueError, match="shape"):
+        object_jitter(img, [np.ones((10, 10), bool)], rng)
+    with pytest.raises(ValueError, match="second_pick"):
+        object_jitter(img, [big], rng, second_pick="other")
 
 
 def test_deterministic_from_the_seed_and_label_maps_work() -> None:
-    img = _photo(96, 96, seed=4)
+    img = textured(96, 96, seed=4)
     labels = np.zeros((96, 96), np.int32)
     labels[5:35, 5:45] = 3
     labels[50:90, 20:60] = 7
     labels[40:80, 65:92] = 9
     masks = [labels == v for v in (3, 7, 9)]
-    runs = [object_jitter(img, labels, np.random.default_rng(s), p_blur=0.5, p_second=0.5, second_min_candidates=1)
-            for s in (11, 11)]
+    jitter = ObjectJitter(p_blur=0.5, second_min_candidates=1)
+    runs = [jitter(img, labels, np.random.default_rng(s)) for s in (11, 11)]
     np.testing.assert_array_equal(runs[0].image, runs[1].image)
     np.testing.assert_array_equal(runs[0].mask, runs[1].mask)
     assert runs[0].info == runs[1].info
-    same = object_jitter(img, masks, np.random.default_rng(11), p_blur=0.5, p_second=0.5, second_min_candidates=1)
-    np.testing.assert_array_equal(same.image, runs[0].image)
-    stacked = object_jitter(img, np.stack(masks), np.random.default_rng(11), p_blur=0.5, p_second=0.5,
-                            second_min_candidates=1)
-    np.testing.assert_array_equal(stacked.mask, runs[0].mask)
-    outs = {object_jitter(img, labels, np.random.default_rng(s), second_min_candidates=1).mask.tobytes()
-            for s in range(12)}
-    assert len(outs) > 2
+    np.testing.assert_array_equal(jitter(img, masks, np.random.default_rng(11)).image, runs[0].image)
+    np.testing.assert_array_equal(jitter(img, np.stack(masks), np.random.default_rng(11)).mask, runs[0].mask)
+    assert len({jitter(img, labels, np.random.default_rng(s)).mask.tobytes() for s in range(12)}) > 2
+    assert ObjectJitter().params()["second_min_candidates"] == 8
+    with pytest.raises(ValueError, match="second_pick"):
+        ObjectJitter(second_pick="nope")
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenCV-exact resizing and blur (digests of OpenCV's own outputs, tests/fixtures/opencv_resize_blur.json)
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def test_resize_and_blur_match_stored_opencv_outputs() -> None:
+    fx = json.loads(FIXTURE.read_text())
+    small = np.array(fx["small"]["input"], np.uint8)
+    np.testing.assert_array_equal(resize_linear_cv(small, 4, 5), fx["small"]["linear_4x5"])
+    for case in fx["resize"]:
+        rng = np.random.default_rng(case["seed"])
+        shape = tuple(case["shape"])
+        a = (rng.random(shape) < 0.5).astype(np.uint8) if case["binary"] else rng.integers(0, 256, shape, dtype=np.uint8)
+        nh, nw = case["out"]
+        assert _digest(resize_linear_cv(a, nh, nw)) == case["linear_sha256"], case
+        assert _digest(resize_nearest_cv(a, nh, nw)) == case["nearest_sha256"], case
+        crop = (1, nh - 2, 2, nw - 1)  # computing a crop only gives the crop of the whole result
+        np.testing.assert_array_equal(resize_linear_cv(a, nh, nw, crop), resize_linear_cv(a, nh, nw)[1:nh - 2, 2:nw - 1])
+        np.testing.assert_array_equal(resize_nearest_cv(a, nh, nw, crop), resize_nearest_cv(a, nh, nw)[1:nh - 2, 2:nw - 1])
+    for case in fx["gaussian_blur"]:
+        a = (np.random.default_rng(case["seed"]).random(tuple(case["shape"])) < 0.5).astype(np.uint8).astype(np.float32)
+        assert _digest(_blur(a, case["ksize"])) == case["sha256"], case
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,105 +327,21 @@ def test_polygon_decoding_hand_made() -> None:
         annotation_to_mask({"size": [4, 4], "counts": [16]}, 5, 5)
 
 
-@pytest.fixture
-def coco_root(tmp_path: Path) -> Path:
-    root = tmp_path / "coco"
-    (root / "images").mkdir(parents=True)
-    save_image(root / "images" / "a.png", _photo(64, 80, seed=1))
-    save_image(root / "images" / "b.png", _photo(48, 48, seed=2))
-    crowd = np.zeros((64, 80), bool)
-    crowd[30:60, 50:75] = True
-    meta = {
-        "images": [{"id": 1, "file_name": "a.png", "height": 64, "width": 80},
-                   {"id": 2, "file_name": "b.png", "height": 48, "width": 48},
-                   {"id": 3, "file_name": "missing.png", "height": 10, "width": 10}],
-        "annotations": [
-            {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 600,
-             "segmentation": [[5, 5, 45, 5, 45, 25, 5, 25]]},
-            {"id": 11, "image_id": 1, "category_id": 2, "iscrowd": 1, "area": 750,
-             "segmentation": encode_rle(crowd, compressed=False)},
-            {"id": 12, "image_id": 1, "category_id": 2, "iscrowd": 0, "area": 300,
-             "segmentation": encode_rle(_rect(64, 80, 40, 60, 5, 20))},
-            {"id": 20, "image_id": 2, "category_id": 1, "iscrowd": 0, "area": 400,
-             "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]},
-            {"id": 30, "image_id": 3, "category_id": 1, "iscrowd": 0, "area": 4,
-             "segmentation": [[1, 1, 3, 1, 3, 3]]},
-        ],
-        "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}],
-    }
-    (root / "instances.json").write_text(json.dumps(meta))
-    return root
-
-
-def test_coco_instances_reader(coco_root: Path) -> None:
-    coco = CocoInstances(coco_root)
-    assert len(coco) == 2 and coco.images_dir == coco_root / "images"  # the image without a file is skipped
-    image, masks = coco.load(0)
+def test_coco_instances_reader_and_boxes(tmp_path: Path) -> None:
+    root = coco_tree(tmp_path / "coco")
+    coco = CocoInstances(root)
+    assert len(coco) == 2 and coco.images_dir == root / "images"  # the image without a file is skipped
+    image, masks, boxes = coco.load_with_boxes(0)
     assert image.shape == (64, 80, 3) and len(masks) == 2  # crowd left out
     assert masks[0][5:26, 5:46].all() and masks[0].sum() == 21 * 41
-    np.testing.assert_array_equal(masks[1], _rect(64, 80, 40, 60, 5, 20))
-    with_crowd = CocoInstances(coco_root / "instances.json", coco_root / "images", include_crowd=True)
+    np.testing.assert_array_equal(masks[1], rect(64, 80, 40, 60, 5, 20))
+    np.testing.assert_array_equal(boxes, [[5, 5, 45, 25], [5, 40, 20, 60]])  # bbox; the mask's box without one
+    assert all(np.array_equal(a, b) for a, b in zip(coco.load(0)[1], masks, strict=True))
+    _, _, half = CocoInstances(root, max_side=40).load_with_boxes(0)
+    np.testing.assert_allclose(half, [[2.5, 2.5, 22.5, 12.5], [2.5, 20, 10, 30]])
+    with_crowd = CocoInstances(root / "instances.json", root / "images", include_crowd=True)
     assert len(with_crowd.load(0)[1]) == 3 and with_crowd.load(0)[1][1][30:60, 50:75].all()
-    assert len(CocoInstances(coco_root, category_ids=[2]).load(0)[1]) == 1
+    assert len(CocoInstances(root, category_ids=[2]).load(0)[1]) == 1
     img, ms = coco.sample(np.random.default_rng(0))
-    f = object_jitter(img, ms, np.random.default_rng(0), second_min_candidates=1)
+    f = object_jitter(img, ms, np.random.default_rng(0))
     assert f is not None and f.mask.shape == img.shape[:2]
-
-
-def test_write_jitter_dataset_from_coco(coco_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "jitter-coco"
-    path = write_jitter_dataset(out, 3, seed=0, instances=CocoInstances(coco_root), size=None, source="coco-jitter",
-                                manifest=tmp_path / "manifests" / "coco-jitter.jsonl")
-    recs = read_manifest(path)
-    assert path == tmp_path / "manifests" / "coco-jitter.jsonl" and len(recs) == 3
-    for r in recs:
-        assert r.source == "coco-jitter" and r.label == 1 and r.extra["kind"] == "jitter"
-        assert read_image(r.image).shape[:2] == read_mask(r.mask).shape and read_mask(r.mask).any()
-    # fixed size: resized to cover it (times a random zoom) and cropped at random before jittering
-    path = write_jitter_dataset(tmp_path / "sized", 3, seed=1, instances=CocoInstances(coco_root), size=40,
-                                zoom=(1.0, 1.5), second_min_candidates=1)
-    for r in read_manifest(path):
-        assert read_image(r.image).shape == (40, 40, 3) and read_mask(r.mask).shape == (40, 40)
-
-
-# --------------------------------------------------------------------------------------------------
-# jitter datasets
-
-
-def test_write_jitter_dataset_procedural(tmp_path: Path) -> None:
-    kw = dict(seed=3, size=(64, 64), source="jitter-train", second_min_candidates=1, p_jpeg=0.5)
-    path = write_jitter_dataset(tmp_path / "a", 5, **kw)
-    recs = read_manifest(path)
-    assert [Path(r.image).name for r in recs] == [f"{i:06d}.png" for i in range(5)]
-    for r in recs:
-        assert r.label == 1 and r.source == "jitter-train" and r.extra["kind"] == "jitter" and r.extra["objects"] in (1, 2)
-        mask = read_mask(r.mask)
-        assert mask.shape == (64, 64) and set(np.unique(mask)) == {0, 255} and (mask > 0).mean() <= 0.75
-        assert read_image(r.image).shape == (64, 64, 3)
-    params = json.loads((tmp_path / "a" / "params.json").read_text())
-    assert params["n"] == 5 and params["instances"]["type"] == "procedural"
-    # idempotent: same parameters -> nothing rewritten
-    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*") if p.is_file()}
-    assert write_jitter_dataset(tmp_path / "a", 5, **kw) == path
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*") if p.is_file()} == stamp
-    # deterministic: another folder gets byte-identical files, also when written by 2 processes
-    other = write_jitter_dataset(tmp_path / "b", 5, num_workers=2, **kw)
-    for r, s in zip(recs, read_manifest(other), strict=True):
-        assert Path(r.image).read_bytes() == Path(s.image).read_bytes()
-        assert Path(r.mask).read_bytes() == Path(s.mask).read_bytes()
-    # other parameters regenerate
-    write_jitter_dataset(tmp_path / "a", 2, **kw)
-    assert len(read_manifest(path)) == 2
-
-
-def test_cli_build(tmp_path: Path) -> None:
-    assert main(["build", "--out", str(tmp_path / "j"), "--n", "2", "--procedural", "48",
-                 "--second-min-candidates", "1"]) == 0
-    assert len(read_manifest(tmp_path / "j" / "manifest.jsonl")) == 2
-
-
-def test_mask_png_round_trip_of_a_jitter(tmp_path: Path) -> None:
-    """The saved mask is the exact ground truth (0/255, no resampling on the way to disk)."""
-    f = object_jitter(_photo(), [_ellipse(128, 128, 64, 64, 30, 30)], np.random.default_rng(0), p_blur=1, p_second=0)
-    save_image(tmp_path / "m.png", f.mask)
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "m.png")), f.mask)

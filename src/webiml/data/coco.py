@@ -131,8 +131,9 @@ class CocoInstances:
         max_side: downscale larger photos (and masks, nearest) to this long side.
 
     Only images that have at least one usable annotation and whose file exists are kept, sorted by file
-    name (so an index is stable). :meth:`load` gives ``(image, masks)``; :meth:`sample` draws one with the
-    caller's generator (the protocol :func:`write_jitter_dataset` uses).
+    name (so an index is stable). :meth:`load` gives ``(image, masks)``, :meth:`load_with_boxes` adds the
+    annotation boxes (what the authors' Object Jitter tests); :meth:`sample` draws one with the caller's
+    generator. :class:`~webiml.data.jitter_dataset.ObjectJitterDataset` reads it by index.
     """
 
     def __init__(
@@ -198,19 +199,36 @@ class CocoInstances:
 
     def load(self, index: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """Image ``index`` as RGB uint8 and the bool masks of its annotations (in annotation-id order)."""
+        image, masks, _ = self.load_with_boxes(index)
+        return image, masks
+
+    def load_with_boxes(self, index: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """:meth:`load` plus the annotations' ``bbox`` as an (N, 4) float32 xyxy array in the pixels of the
+        returned image (scaled like the masks; the mask's tight box where an annotation has no ``bbox``)."""
         info = self.images[index]
         image = read_image(self.images_dir / info["file_name"])
         h, w = image.shape[:2]
         ah, aw = int(info.get("height", h)), int(info.get("width", w))
-        masks = [annotation_to_mask(a["segmentation"], ah, aw) for a in self.annotations[index]]
+        anns = self.annotations[index]
+        masks = [annotation_to_mask(a["segmentation"], ah, aw) for a in anns]
+        boxes = np.zeros((len(anns), 4), np.float32)
+        for i, (a, m) in enumerate(zip(anns, masks, strict=True)):
+            if a.get("bbox") is not None and len(a["bbox"]) == 4:
+                x, y, bw, bh = (float(v) for v in a["bbox"])
+                boxes[i] = (x, y, x + bw, y + bh)
+            elif m.any():
+                rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+                boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
         if (ah, aw) != (h, w):
             masks = [resize_bool(m, h, w) for m in masks]
+            boxes *= np.array([w / aw, h / ah, w / aw, h / ah], np.float32)
         if self.max_side is not None and max(h, w) > self.max_side:
             f = self.max_side / max(h, w)
             nh, nw = max(1, round(h * f)), max(1, round(w * f))
             image = resize_rgb(image, nh, nw)
             masks = [resize_bool(m, nh, nw) for m in masks]
-        return image, masks
+            boxes *= np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+        return image, masks, boxes
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
         return self.load(int(rng.integers(len(self))))

@@ -1,9 +1,11 @@
 """Synthetic forgeries generated on the fly, in DataLoader workers: training data that never repeats.
 
 :class:`OnlineSyntheticDataset` makes sample ``i`` from a generator seeded by ``(seed, i)`` only: splicing,
-copy-move, removal (see :mod:`webiml.data.synthetic`) or Object Jitter (:func:`~webiml.data.jitter.object_jitter`)
-on a photo of the pool, with double JPEG compression, then the usual training transform (rescale, crop,
-flip, down-up resize, blur, JPEG re-compression). Every ``authentic_every``-th index is an untouched photo
+copy-move, removal (see :mod:`webiml.data.synthetic`) or Object Jitter (:class:`~webiml.data.jitter.ObjectJitter`,
+the MIML authors' transform with their settings unless ``jitter`` says otherwise, on the pool photo's region
+masks as instances) on a photo of the pool, with double JPEG compression, then the usual training transform
+(rescale, crop, flip, down-up resize, blur, JPEG re-compression). Because :class:`EpochSampler` gives every
+epoch fresh indices, every epoch re-draws its jitters too. Every ``authentic_every``-th index is an untouched photo
 that went through the same post-processing, so every batch holds authentic images and JPEG traces alone
 never give the label away.
 
@@ -25,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from webiml.data.datamodule import SyntheticIMLDataModule
 from webiml.data.datasets import ManifestDataset, collate_skip_broken
+from webiml.data.jitter import ObjectJitter
 from webiml.data.masks import target_from_mask
 from webiml.data.photo_pool import make_photo_pool
 from webiml.data.transforms import make_train_transform
@@ -51,6 +54,11 @@ class OnlineSyntheticDataset(Dataset):
         p_jpeg: probability of double JPEG compression (before and after the edit).
         transform: sample transform applied last (e.g. :func:`~webiml.data.transforms.make_train_transform`).
         source: the ``source`` of every sample.
+        jitter: settings of the ``jitter`` kind (:class:`~webiml.data.jitter.ObjectJitter` fields; default the
+            MIML authors', e.g. a second object only when 8 other boxes are left: ``{"second_min_candidates":
+            2}`` gives scenes with few objects a second one). Unlike the authors' COCO pipeline, the photo is
+            fitted to ``size`` like every other kind (:func:`~webiml.data.synthetic.fit_photo`, aspect kept)
+            and a rejected photo is retried 10 times before the sample falls back to a splice.
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class OnlineSyntheticDataset(Dataset):
         p_jpeg: float = 0.5,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         source: str = "synthetic-online",
+        jitter: dict[str, Any] | None = None,
     ) -> None:
         unknown = [k for k in kinds if k not in ONLINE_KINDS]
         if unknown or not kinds:
@@ -74,6 +83,7 @@ class OnlineSyntheticDataset(Dataset):
         self.photos, self.split, self.length, self.size = photos, split, int(length), int(size)
         self.seed, self.kinds, self.authentic_every, self.p_jpeg = int(seed), tuple(kinds), int(authentic_every), float(p_jpeg)
         self.transform, self.source = transform, source
+        self.jitter = ObjectJitter(**(jitter or {}))
         self._pool: Any = None  # built lazily, once per worker process
 
     def __len__(self) -> int:
@@ -87,7 +97,6 @@ class OnlineSyntheticDataset(Dataset):
 
     def forgery(self, index: int) -> Any:
         """The :class:`~webiml.data.synthetic.Forgery` of ``index`` (before the training transform)."""
-        from webiml.data.jitter import object_jitter
         from webiml.data.synthetic import fit_photo, synthesize
 
         if index < 0:
@@ -101,7 +110,7 @@ class OnlineSyntheticDataset(Dataset):
             for _ in range(10):
                 photo, regions = self.pool.sample(rng)
                 photo, regions = fit_photo(photo, regions, size)
-                forgery = object_jitter(photo, regions, rng, second_min_candidates=2)
+                forgery = self.jitter(photo, regions, rng)
                 if forgery is not None:
                     if rng.random() < self.p_jpeg:
                         forgery.image = jpeg_compress(forgery.image, int(rng.integers(70, 101)))
@@ -184,6 +193,7 @@ class OnlineSyntheticIMLDataModule(SyntheticIMLDataModule):
             forgeries of ``webiml annotate``): training index ``i`` with ``i % extra_every == 1`` is record
             ``(i // extra_every) % n`` of them, through the same training transform.
         extra_every: see ``extra_train`` (e.g. 4: a quarter of each batch; must be >= 2).
+        jitter: settings of the Object Jitter kind (see :class:`OnlineSyntheticDataset`; default the authors').
         **kwargs: :class:`~webiml.data.datamodule.SyntheticIMLDataModule` arguments (``root``, ``num_val``,
             ``num_test``, ``size`` of the held-out forgeries, ``p_authentic`` of the held-out sets, batch size,
             crop, augmentation, evaluation policy, ...); ``num_train`` is not used.
@@ -201,6 +211,7 @@ class OnlineSyntheticIMLDataModule(SyntheticIMLDataModule):
         extra_val: dict[str, str] | None = None,
         extra_train: list[str] | None = None,
         extra_every: int = 4,
+        jitter: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if extra_train and extra_every < 2:
@@ -220,7 +231,7 @@ class OnlineSyntheticIMLDataModule(SyntheticIMLDataModule):
             )
             generated = OnlineSyntheticDataset(
                 hp.photos, split="train", size=hp.gen_size, seed=hp.data_seed, kinds=hp.kinds or ONLINE_KINDS,
-                authentic_every=hp.authentic_every, p_jpeg=hp.p_jpeg, transform=transform,
+                authentic_every=hp.authentic_every, p_jpeg=hp.p_jpeg, transform=transform, jitter=hp.jitter,
             )
             if hp.extra_train:
                 extra = ManifestDataset(self._read(hp.extra_train), transform, train=True)
