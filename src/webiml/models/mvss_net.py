@@ -44,6 +44,9 @@ Deviations from the official code (none changes the network's output on the same
 - **Bayar constraint.** The authors rescale the 24 free weights of each 5x5 kernel to sum 1 by assigning
   ``kernel.data`` at every forward (no gradient through the rescaling, the centre fixed at -1); webiml does
   the same rescaling in place on ``kernel.data``.
+- Large images: :class:`~webiml.inference.Localizer` tiles images longer than its ``tile`` (1024) and each tile
+  is resized to ``input_size``; the authors resize the whole image, which ``Localizer(model, tile=...)`` at
+  least the image's size (or :meth:`MVSSNet.predict`) reproduces.
 - MVSS-Net++ checkpoints (``mvssnetplus.md``) are not supported: their model code is not released.
 """
 
@@ -76,13 +79,13 @@ class MVSSOutput(IMLOutput):
 
 def dilated_resnet(layers: Sequence[int], channels: Sequence[int]) -> ResNet:
     """timm ResNet (Bottleneck) with output stride 16 and the authors' layer4 rates 1, 2, 4, no classifier."""
+    if int(layers[3]) > len(LAYER4_RATES):
+        raise ValueError(f"layer4 has {layers[3]} blocks; the authors' rates cover {len(LAYER4_RATES)}")
     net = ResNet(Bottleneck, tuple(int(n) for n in layers), num_classes=0, output_stride=16,
                  channels=tuple(int(c) for c in channels), stem_width=int(channels[0]))
-    for block, rate in zip(net.layer4, LAYER4_RATES, strict=False):  # timm: 1, 2, 2, ...
+    for block, rate in zip(net.layer4, LAYER4_RATES, strict=False):  # timm's dilations: 1, 2, 2
         block.conv2.dilation = (rate, rate)
         block.conv2.padding = (rate, rate)
-    if len(net.layer4) > len(LAYER4_RATES):
-        raise ValueError(f"layer4 has {len(net.layer4)} blocks; the authors' rates cover {len(LAYER4_RATES)}")
     return net
 
 

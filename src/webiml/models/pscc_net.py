@@ -37,7 +37,8 @@ Deviations from the official code: none in the network (the masks are returned a
 return ``sigmoid`` of them). timm's ``hrnet_w18_small_v2`` is not used: the authors' HRNet has a stride-1
 stem, one module per stage (timm's has 3 and 2 in stages 3 and 4) and bilinear (not nearest) upsampling in
 its fusion layers. Memory: HRNet runs at the input's full resolution (the authors' ``test.py`` feeds whole
-images); webiml's :class:`~webiml.inference.Localizer` tiles large images.
+images); webiml's :class:`~webiml.inference.Localizer` tiles images longer than its ``tile`` (1024), each tile
+then being resized to the crop grid on its own (a larger ``tile`` gives the authors' whole-image behaviour).
 """
 
 from __future__ import annotations
