@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Convert an upstream checkpoint into a webiml model directory (config.json + model.safetensors).",
     )
     parser.add_argument("model", choices=sorted(CONVERTERS), help="; ".join(f"{k}: {d}" for k, (d, _) in sorted(CONVERTERS.items())))
-    parser.add_argument("checkpoint", help="upstream checkpoint file (read with torch.load(weights_only=True))")
+    parser.add_argument("checkpoint", help="upstream checkpoint file (read with torch.load(weights_only=True)); for "
+                        "pscc-net the folder of its three files, or the three files comma-separated")
     parser.add_argument("out_dir", help="output directory for config.json and model.safetensors")
     return parser
 

@@ -244,3 +244,22 @@ class MultiScaleBlock(nn.Module):
         outs = [b(x) for b in self.branches]
         outs.append(self.large(x))
         return self.act(x + self.fuse(F.gelu(torch.cat(outs, dim=1))))
+
+
+def resize_probabilities(logits: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
+    """Logits of the bilinear resize of ``sigmoid(logits)``, for models whose authors resize probability maps
+    rather than logits (the two differ wherever the map is not locally constant).
+
+    The probabilities are resized in the input's dtype, exactly as the authors' code does, and turned back into
+    logits in float64 (float32 on Apple MPS, which has no float64); probabilities that round to 0 or 1 give
+    logits of about -87 / +17 (float32's smallest normal number / largest number below 1), the ties the
+    authors' probability map has there too.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(logits.shape[-2:]) == size:
+        return logits
+    p = F.interpolate(torch.sigmoid(logits), size=size, mode="bilinear", align_corners=align_corners)
+    wide = torch.float32 if logits.device.type == "mps" else torch.float64
+    tiny = torch.finfo(logits.dtype).tiny
+    p = p.to(wide).clamp(tiny, 1.0 - torch.finfo(logits.dtype).eps / 2)
+    return (torch.log(p) - torch.log1p(-p)).to(logits.dtype)

@@ -1,9 +1,10 @@
 """The single-image IML task: any :class:`~webiml.models.base.IMLModel` trained and evaluated with Lightning.
 
-Training: losses from :class:`~webiml.tasks.losses.IMLLoss`, AdamW with optional layer-wise lr decay,
-linear warmup then cosine / poly / constant schedule, optional batch-level GPU augmentation applied after
-the batch reaches the device. Evaluation: predictions are mapped back to each image's original
-resolution and scored with :mod:`webiml.metrics`, one metric set per evaluation set (dataloader).
+Training: losses from :class:`~webiml.tasks.losses.IMLLoss` (or a published model's own loss module,
+``loss``), AdamW with optional layer-wise lr decay, linear warmup then cosine / poly / constant schedule,
+optional batch-level GPU augmentation applied after the batch reaches the device. Evaluation: predictions
+are mapped back to each image's original resolution and scored with :mod:`webiml.metrics`, one metric set
+per evaluation set (dataloader).
 What every task shares (hyperparameters, checkpoint hooks, batch transfer, optimiser, metrics per evaluation
 set built in ``setup()``, export) is :class:`webiml.tasks.base.BaseTask`; ``export_checkpoint`` is
 :func:`webiml.tasks.base.export_checkpoint`, re-exported here.
@@ -15,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from webiml.data.transforms import GpuAugment, restore_prediction
@@ -55,6 +56,10 @@ class IMLTask(BaseTask):
         freeze_encoder: keep the encoder's weights fixed (fine-tuning the decoder and heads only).
         on_nonfinite: a NaN / Inf training loss ``"stop"`` s the run with the step and the batch's sample files
             named (default), or the batch is ``"skip"`` ped with a warning (at most 20 in a row).
+        loss: a loss module used instead of :class:`~webiml.tasks.losses.IMLLoss` (the BCE / Dice / OHEM / aux /
+            image arguments above are then unused), called as ``loss(output, mask, label, weight)`` and returning
+            a dict with ``"loss"``: a published model's own recipe, e.g. ``webiml.tasks.losses.MVSSLoss`` or
+            ``webiml.tasks.losses.PSCCLoss`` (``class_path`` in YAML).
     """
 
     def __init__(
@@ -81,11 +86,12 @@ class IMLTask(BaseTask):
         init_weights: str | None = None,
         freeze_encoder: bool = False,
         on_nonfinite: str = "stop",
+        loss: nn.Module | None = None,
     ) -> None:
-        super().__init__()  # hyperparameters: the net (and gpu_augment) stored as class_path configs
+        super().__init__()  # hyperparameters: the net (and gpu_augment, loss) stored as class_path configs
         self.net = self.build_net(net, init_weights, freeze_encoder)
-        self.criterion = IMLLoss(bce_weight, dice_weight, ohem_thresh, ohem_min_kept, image_loss_weight, aux_weights, pos_weight,
-                                 edge_loss_weight, edge_width)
+        self.criterion = loss if loss is not None else IMLLoss(
+            bce_weight, dice_weight, ohem_thresh, ohem_min_kept, image_loss_weight, aux_weights, pos_weight, edge_loss_weight, edge_width)
         self.gpu_augment = gpu_augment
 
     @staticmethod

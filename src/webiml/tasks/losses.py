@@ -179,3 +179,159 @@ class IMLLoss(nn.Module):
             parts["loss_image"] = self.image_weight * (img * sample_weight).mean()
         parts["loss"] = sum(parts.values())
         return parts
+
+
+# -- the losses of published baselines (IMLTask(loss=...)) ---------------------------------------
+
+
+def _labels_of(target: Tensor, label: Tensor | None) -> Tensor:
+    """Image labels (B,) as floats: ``label`` if given, else whether the target has manipulated pixels."""
+    if label is not None:
+        return label.float().view(-1)
+    return (target > 0.5).flatten(1).any(1).float()
+
+
+def squared_dice(logits: Tensor, target: Tensor, sample_weight: Tensor | None = None, smooth: float = 1.0) -> Tensor:
+    """Batch Dice loss with squared terms in the denominator (V-Net), MVSS-Net's pixel and edge loss:
+    ``1 - (2 sum(p y) + s) / (sum(p^2) + sum(y^2) + s)`` over every supervised pixel of the batch (authentic
+    images included), ``p = sigmoid(logits)``; ``sample_weight`` weighs each sample's pixels."""
+    w = valid_pixels(target).float()
+    if sample_weight is not None:
+        w = w * sample_weight.view(-1, *([1] * (logits.ndim - 1)))
+    p = logits.sigmoid()
+    y = target.clamp(min=0)
+    return 1.0 - (2.0 * (w * p * y).sum() + smooth) / ((w * p * p).sum() + (w * y * y).sum() + smooth)
+
+
+def edge_band(target: Tensor, width: int = 7) -> Tensor:
+    """Boundary band of a target's manipulated region: dilation minus erosion with a ``width`` x ``width``
+    square (float 0 / 1, IGNORE pixels counted as authentic)."""
+    pos = (target > 0.5).float()
+    pad = width // 2
+    dil = F.max_pool2d(pos, width, stride=1, padding=pad)
+    ero = -F.max_pool2d(-pos, width, stride=1, padding=pad)
+    return (dil - ero)[..., : pos.shape[-2], : pos.shape[-1]]
+
+
+class MVSSLoss(nn.Module):
+    """MVSS-Net's multi-scale supervision (Chen et al., ICCV 2021, Sec. 3.3):
+    ``alpha * L_seg + beta * L_clf + (1 - alpha - beta) * L_edge`` with ``alpha = 0.16``, ``beta = 0.04``.
+
+    - ``L_seg``: :func:`squared_dice` of the segmentation map against the mask (pixel scale);
+    - ``L_edge``: :func:`squared_dice` of the edge branch's logits (``output.edge_logits``, stride 4, from
+      :class:`webiml.models.mvss_net.MVSSNet`) against the mask's :func:`edge_band` (``edge_width`` pixels at
+      the target's resolution), max-pooled onto the edge map's grid (a cell is an edge if any of its pixels is);
+    - ``L_clf``: binary cross-entropy of the image score, the global max of the probability map (GMP), against
+      the image label (derived from the mask when the batch has none).
+
+    The authors' training code is not released; the weights and Dice form follow the paper (and the
+    IMDL-BenCo re-implementation, whose 7-pixel edge band is the ``edge_width`` default). The authors'
+    edge masks are precomputed files (``data/edge_mask.zip``); webiml derives them from the mask.
+    """
+
+    def __init__(self, seg_weight: float = 0.16, image_weight: float = 0.04, edge_weight: float | None = None,
+                 edge_width: int = 7, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.seg_weight, self.image_weight = float(seg_weight), float(image_weight)
+        self.edge_weight = 1.0 - self.seg_weight - self.image_weight if edge_weight is None else float(edge_weight)
+        self.edge_width, self.smooth = int(edge_width), float(smooth)
+
+    @property
+    def config(self) -> dict[str, float | int]:
+        return {"seg_weight": self.seg_weight, "image_weight": self.image_weight, "edge_weight": self.edge_weight,
+                "edge_width": self.edge_width, "smooth": self.smooth}
+
+    def forward(self, output, target: Tensor, label: Tensor | None = None, sample_weight: Tensor | None = None) -> dict[str, Tensor]:
+        """Return ``{"loss", "loss_mask", "loss_edge", "loss_image"}`` (each term already weighted)."""
+        edge_logits = getattr(output, "edge_logits", None)
+        if edge_logits is None:
+            raise ValueError("MVSSLoss needs the edge map of MVSS-Net (output.edge_logits); use IMLLoss for other models")
+        mask = _resize_target(target, tuple(output.mask_logits.shape[-2:]))
+        parts = {"loss_mask": self.seg_weight * squared_dice(output.mask_logits, mask, sample_weight, self.smooth)}
+        size = tuple(edge_logits.shape[-2:])
+        edge = F.adaptive_max_pool2d(edge_band(target, self.edge_width), size)
+        valid = F.adaptive_max_pool2d(valid_pixels(target).float(), size)
+        edge_target = torch.where(valid > 0, edge, torch.full_like(edge, -1.0))
+        parts["loss_edge"] = self.edge_weight * squared_dice(edge_logits, edge_target, sample_weight, self.smooth)
+        if self.image_weight:
+            score = output.image_logits if output.image_logits is not None else output.mask_logits.flatten(1).amax(1)
+            bce = F.binary_cross_entropy_with_logits(score, _labels_of(target, label), reduction="none")
+            sw = sample_weight if sample_weight is not None else torch.ones_like(bce)
+            parts["loss_image"] = self.image_weight * (bce * sw).mean()
+        parts["loss"] = sum(parts.values())
+        return parts
+
+
+def scale_target(target: Tensor, size: tuple[int, int]) -> Tensor:
+    """A target at a coarser ``size``: a pixel is manipulated when more than half of its (supervised) area is,
+    IGNORE when less than half of its area is supervised (PSCC-Net's coarse masks: resize, then > 0.5)."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    valid = valid_pixels(target).float()
+    area_valid = F.adaptive_avg_pool2d(valid, size)
+    area_pos = F.adaptive_avg_pool2d(target.clamp(min=0) * valid, size)
+    pos = (area_pos > 0.5 * area_valid).float()
+    return torch.where(area_valid >= 0.5, pos, torch.full_like(pos, -1.0))
+
+
+def balanced_bce(logits: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+    """PSCC-Net's mask loss: BCE with the batch's class balance, each manipulated pixel weighing
+    ``0.5 / (share of manipulated pixels)`` and each authentic one ``0.5 / (share of authentic pixels)`` (so
+    ``0.5 * mean over manipulated + 0.5 * mean over authentic``); plain mean BCE when the batch has no
+    manipulated pixel. Shares are over the batch's supervised pixels."""
+    valid = valid_pixels(target)
+    t = target.clamp(min=0)
+    pos = valid & (t > 0.5)
+    neg = valid & ~(t > 0.5)
+    n = valid.sum().clamp(min=1).float()
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos > 0:
+        w = pos.float() * (0.5 * n / n_pos) + neg.float() * (0.5 * n / n_neg.clamp(min=1))
+    else:
+        w = valid.float()
+    if sample_weight is not None:
+        w = w * sample_weight.view(-1, *([1] * (logits.ndim - 1)))
+    return (F.binary_cross_entropy_with_logits(logits, t, reduction="none") * w).sum() / n
+
+
+class PSCCLoss(nn.Module):
+    """PSCC-Net's training loss (the authors' ``train.py``): the sum over the progressive masks (full, 1/2, 1/4,
+    1/8 of the crop size: ``output.aux_mask_logits`` of :class:`webiml.models.pscc_net.PSCCNet` in training) of
+    :func:`balanced_bce` against the target at each mask's size (:func:`scale_target`), plus the detection
+    head's class-weighted cross-entropy (weights ``1 / authentic_ratio`` for authentic and
+    ``1 / (1 - authentic_ratio)`` for manipulated images, the authors' sampling ratio 0.25; a weighted mean as
+    ``nn.CrossEntropyLoss(weight=...)``). Two-class CE on ``(z0, z1)`` is BCE on ``image_logits = z1 - z0``.
+
+    Without auxiliary outputs (a model in eval mode) the main mask alone is supervised.
+    """
+
+    def __init__(self, scale_weights: float | list[float] = 1.0, image_weight: float = 1.0, authentic_ratio: float = 0.25) -> None:
+        super().__init__()
+        if not 0.0 < float(authentic_ratio) < 1.0:
+            raise ValueError(f"authentic_ratio must be in (0, 1), got {authentic_ratio}")
+        self.scale_weights = scale_weights
+        self.image_weight, self.authentic_ratio = float(image_weight), float(authentic_ratio)
+
+    @property
+    def config(self) -> dict[str, object]:
+        return {"scale_weights": self.scale_weights, "image_weight": self.image_weight, "authentic_ratio": self.authentic_ratio}
+
+    def forward(self, output, target: Tensor, label: Tensor | None = None, sample_weight: Tensor | None = None) -> dict[str, Tensor]:
+        """Return ``{"loss", "loss_mask" (finest mask), "loss_aux" (the coarser ones), "loss_image"}``."""
+        masks = list(output.aux_mask_logits) or [output.mask_logits]
+        weights = self.scale_weights if isinstance(self.scale_weights, list | tuple) else [self.scale_weights] * len(masks)
+        if len(weights) != len(masks):
+            raise ValueError(f"scale_weights has {len(weights)} entries but the model returned {len(masks)} masks")
+        terms = [w * balanced_bce(m, scale_target(target, tuple(m.shape[-2:])), sample_weight) for w, m in zip(weights, masks, strict=True)]
+        parts = {"loss_mask": terms[0]}
+        if len(terms) > 1:
+            parts["loss_aux"] = sum(terms[1:])
+        if output.image_logits is not None and self.image_weight:
+            y = _labels_of(target, label)
+            w = torch.where(y > 0.5, 1.0 / (1.0 - self.authentic_ratio), 1.0 / self.authentic_ratio)
+            if sample_weight is not None:
+                w = w * sample_weight
+            ce = F.binary_cross_entropy_with_logits(output.image_logits, y, reduction="none")
+            parts["loss_image"] = self.image_weight * (ce * w).sum() / w.sum().clamp(min=1e-12)
+        parts["loss"] = sum(parts.values())
+        return parts
