@@ -49,6 +49,7 @@ BUILTIN_MODULES: dict[str, str] = {
     "SDGSegmenter": "webiml.models.caaa",
     "SPGSegmenter": "webiml.models.caaa",
     "SmpIML": "webiml.models.baselines.smp_models",
+    "SparseViT": "webiml.models.sparse_vit",
     "WebIML": "webiml.models.web_iml",
     "web_iml_base": "webiml.models.web_iml",
     "web_iml_small": "webiml.models.web_iml",
