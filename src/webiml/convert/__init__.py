@@ -27,6 +27,8 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                 "webiml.convert.cat_net:convert_cat_net"),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      "webiml.convert.noiseprint:convert_noiseprint_pp"),
+    "sparse-vit": ("SparseViT (AAAI 2025) checkpoint from scu-zjz/SparseViT, e.g. checkpoint.pth ({'model': ...})",
+                   "webiml.convert.sparse_vit:convert_sparse_vit"),
 }
 """Converter name -> (description, ``"module:function"`` with signature ``(checkpoint, out_dir, **overrides)``)."""
 
@@ -54,6 +56,8 @@ _REEXPORTS: dict[str, str] = {
     "convert_cat_net": "webiml.convert.cat_net",
     "convert_noiseprint_pp": "webiml.convert.noiseprint",
     "noiseprint_pp_official_to_webiml": "webiml.convert.noiseprint",
+    "convert_sparse_vit": "webiml.convert.sparse_vit",
+    "sparse_vit_official_to_webiml": "webiml.convert.sparse_vit",
 }
 """Names kept importable from ``webiml.convert`` itself (loaded from their family module on first use)."""
 
