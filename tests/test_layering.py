@@ -37,7 +37,7 @@ def test_models_import_no_annotation_tasks_commands_or_lightning() -> None:
 
 ARCH_MODULES = ("webiml.models.apsc_net", "webiml.models.caaa", "webiml.models.web_iml",
                 "webiml.models.adaptive_cfa", "webiml.models.noiseprint", "webiml.models.baselines.smp_models",
-                "webiml.models.cat_net")
+                "webiml.models.cat_net", "webiml.models.sparse_vit")
 
 
 def test_import_models_loads_no_architecture() -> None:

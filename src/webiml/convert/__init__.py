@@ -40,6 +40,8 @@ CONVERTERS: dict[str, tuple[str, str]] = {
     "pscc-net": ("PSCC-Net (TCSVT 2022) from proteus1991/PSCC-Net: the checkpoint/ folder holding HRNet.pth, NLCDetection.pth, "
                  "DetectionHead.pth (or the three files, comma-separated)",
                  "webiml.convert.pscc_net:convert_pscc_net"),
+    "sparse-vit": ("SparseViT (AAAI 2025) checkpoint from scu-zjz/SparseViT, e.g. checkpoint.pth ({'model': ...})",
+                   "webiml.convert.sparse_vit:convert_sparse_vit"),
 }
 """Converter name -> (description, ``"module:function"`` with signature ``(checkpoint, out_dir, **overrides)``)."""
 
@@ -70,6 +72,8 @@ _REEXPORTS: dict[str, str] = {
     "convert_trufor": "webiml.convert.trufor",
     "infer_trufor_config": "webiml.convert.trufor",
     "trufor_official_to_webiml": "webiml.convert.trufor",
+    "convert_sparse_vit": "webiml.convert.sparse_vit",
+    "sparse_vit_official_to_webiml": "webiml.convert.sparse_vit",
 }
 """Names kept importable from ``webiml.convert`` itself (loaded from their family module on first use)."""
 

@@ -47,18 +47,20 @@ def _safe_numpy_globals() -> list[Any]:
     return found
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Tensor]:
+def load_checkpoint(path: str | Path, extra_safe_globals: list[Any] | None = None) -> dict[str, Tensor]:
     """Read a checkpoint safely and return its model state dict (``module.`` prefixes removed).
 
     Accepts an mmcv / Lightning-style dict with a ``state_dict`` (or ``model``) entry, or a bare state
     dict. Raises :class:`ConversionError` for unreadable files, files that need full unpickling, and
-    objects that are not a mapping from names to tensors.
+    objects that are not a mapping from names to tensors. ``extra_safe_globals`` are further classes a
+    family's files are known to hold outside the weights (e.g. ``argparse.Namespace`` for the training
+    arguments), allowed besides tensors, containers and numpy scalars; pass only plain data containers.
     """
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals(_safe_numpy_globals()):
+        with torch.serialization.safe_globals([*_safe_numpy_globals(), *(extra_safe_globals or [])]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)

@@ -60,6 +60,7 @@ BUILTIN_MODULES: dict[str, str] = {
     "TruFor": "webiml.models.trufor",
     "trufor": "webiml.models.trufor",
     "trufor_tiny": "webiml.models.trufor",
+    "SparseViT": "webiml.models.sparse_vit",
     "WebIML": "webiml.models.web_iml",
     "web_iml_base": "webiml.models.web_iml",
     "web_iml_small": "webiml.models.web_iml",
