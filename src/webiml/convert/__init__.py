@@ -23,6 +23,12 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                      "webiml.convert.adaptive_cfa:convert_adaptive_cfa"),
     "apsc-net": ("APSC-Net (CVPR 2024) mmcv checkpoint from qcf-568/MIML, e.g. APSC-Net.pth",
                  "webiml.convert.apsc_net:convert_apsc_net"),
+    "caaa-v1-classifier": ("CAAA v1 pair classifier (CVPR 2024, ConvNeXt-XL) from qcf-568/MIML 'models for CIML', convxl.pth",
+                           "webiml.convert.caaa_v1:convert_caaa_v1_classifier"),
+    "caaa-v1-dass": ("CAAA v1 DASS (SPG segmenter, VAN + UPerLab) from qcf-568/MIML 'models for CIML', DASS.pth",
+                     "webiml.convert.caaa_v1:convert_caaa_v1_dass"),
+    "caaa-v1-sacm": ("CAAA v1 SACM (SDG segmenter, Siamese ConvNeXt-B correlation) from qcf-568/MIML 'models for CIML', SAFM.pth",
+                     "webiml.convert.caaa_v1:convert_caaa_v1_sacm"),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      "webiml.convert.noiseprint:convert_noiseprint_pp"),
 }
