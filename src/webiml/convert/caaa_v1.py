@@ -39,6 +39,9 @@ __all__ = [
     "convert_caaa_v1_dass",
     "convert_caaa_v1_sacm",
     "convnext_key_to_timm",
+    "infer_classifier_config",
+    "infer_dass_config",
+    "infer_sacm_config",
     "timm_key_to_convnext",
     "webiml_to_caaa_v1_official",
 ]
