@@ -1,4 +1,7 @@
-"""CAAAv2's annotator: pair classifier -> registration -> SPG or SDG segmenter, on raw ``uint8`` pairs.
+"""CAAAv2's annotator (webiml's reconstruction of the MIMLv2 paper's CAAAv2, whose code and weights are
+unreleased): pair classifier -> registration -> SPG or SDG segmenter, on raw ``uint8`` pairs.
+
+The MIML authors' own CAAA (v1) with their released weights is :mod:`webiml.annotate.caaa_v1`.
 
 :class:`CAAAv2Annotator` chains the three CAAAv2 parts of :mod:`webiml.models.caaa` with the
 registration of :mod:`webiml.align`; :func:`find_parts` reads a folder of saved parts

@@ -1,7 +1,8 @@
 """Annotation of (original, forged) pairs at scale: pairs in, soft masks + QES + a training manifest out.
 
 :func:`annotate_pairs` (``webiml annotate``) runs any annotator with the interface of
-:meth:`webiml.annotate.caaa.CAAAv2Annotator.annotate` (CAAAv2, or the naive
+:meth:`webiml.annotate.caaa.CAAAv2Annotator.annotate` (webiml's CAAAv2 reconstruction, the MIML authors' CAAA v1
+:class:`~webiml.annotate.caaa_v1.CAAAv1Annotator`, or the naive
 :class:`~webiml.annotate.baseline.DifferenceAnnotator`) through Lightning prediction:
 
 - :class:`~webiml.annotate.pair_sources.PairFolderDataset` decodes pairs in DataLoader workers (an unreadable pair becomes an error
@@ -69,13 +70,23 @@ __all__ = ["AnnotationTask", "annotate_pairs", "build_annotator"]
 
 def build_annotator(name: str, checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any) -> nn.Module:
     """An annotator by name: ``"baseline"`` (:class:`~webiml.annotate.baseline.DifferenceAnnotator`, ``kwargs``
-    to its constructor) or ``"caaa"`` (:class:`~webiml.annotate.caaa.CAAAv2Annotator` from a checkpoint folder
-    of saved parts, see :func:`~webiml.annotate.caaa.find_parts`; random weights with a warning when ``checkpoint`` is None)."""
+    to its constructor), ``"caaa"`` (webiml's reconstruction of CAAAv2, :class:`~webiml.annotate.caaa.CAAAv2Annotator`,
+    from a checkpoint folder of saved parts, see :func:`~webiml.annotate.caaa.find_parts`; random weights with a
+    warning when ``checkpoint`` is None) or ``"caaa-v1"`` (the MIML authors' CAAA with their converted weights,
+    :class:`~webiml.annotate.caaa_v1.CAAAv1Annotator`; ``checkpoint`` is required)."""
     name = name.lower()
     if name == "baseline":
         from webiml.annotate.baseline import DifferenceAnnotator
 
         return DifferenceAnnotator(**kwargs)
+    if name == "caaa-v1":
+        from webiml.annotate.caaa_v1 import CAAAv1Annotator
+
+        if checkpoint is None:
+            raise ValueError("--annotator caaa-v1 needs --checkpoint DIR: a folder with classifier/, dass/ and sacm/ converted "
+                             "from the authors' weights (webiml convert caaa-v1-classifier convxl.pth DIR/classifier, "
+                             "caaa-v1-dass DASS.pth DIR/dass, caaa-v1-sacm SAFM.pth DIR/sacm)")
+        return CAAAv1Annotator.from_pretrained(checkpoint, **kwargs)
     if name == "caaa":
         from webiml.annotate.caaa import CAAAv2Annotator
         from webiml.models.caaa import PairClassifier, SDGSegmenter, SPGSegmenter
@@ -85,7 +96,7 @@ def build_annotator(name: str, checkpoint: str | os.PathLike[str] | None = None,
         warnings.warn("CAAAv2 annotator with RANDOM weights (no --checkpoint given): the masks are meaningless; "
                       "use it only to test the pipeline", stacklevel=2)
         return CAAAv2Annotator(PairClassifier(), SPGSegmenter(), SDGSegmenter(), **kwargs)
-    raise ValueError(f"unknown annotator {name!r}; expected 'caaa' or 'baseline'")
+    raise ValueError(f"unknown annotator {name!r}; expected 'caaa', 'caaa-v1' or 'baseline'")
 
 
 def _annotator_config(annotator: nn.Module) -> Any:
@@ -187,8 +198,9 @@ def annotate_pairs(
     Args:
         pairs: a pair source for :func:`discover_pairs` or a list of :class:`PairSpec`.
         out: output folder (created; an existing one is resumed).
-        annotator: ``"baseline"``, ``"caaa"`` or an annotator module (anything with ``annotate``).
-        checkpoint: CAAAv2 checkpoint folder (``annotator="caaa"``).
+        annotator: ``"baseline"``, ``"caaa"`` (webiml's CAAAv2), ``"caaa-v1"`` (the authors' CAAA) or an
+            annotator module (anything with ``annotate``).
+        checkpoint: parts folder of ``"caaa"`` / ``"caaa-v1"``.
         annotator_kwargs: constructor arguments of a named annotator.
         qes_config: QES thresholds; pairs with ``QES > qes_config.threshold`` go into the manifest.
         ignore_band: soft-label band of the manifest records.

@@ -15,6 +15,11 @@ Examples::
 
     webiml annotate web-pairs/pairs -o annotated --annotator baseline
     webiml annotate pairs.csv -o annotated --annotator caaa --checkpoint runs/caaa/parts --qes-weight
+    webiml annotate pairs/ -o annotated-v1 --annotator caaa-v1 --checkpoint caaa-v1  # the authors' CAAA
+
+``caaa`` is webiml's reconstruction of CAAAv2 (MIMLv2 paper; its weights are unreleased, webiml trains its own);
+``caaa-v1`` runs the MIML authors' CAAA (CVPR 2024) with their weights, converted by ``webiml convert
+caaa-v1-classifier convxl.pth DIR/classifier``, ``caaa-v1-dass DASS.pth DIR/dass``, ``caaa-v1-sacm SAFM.pth DIR/sacm``.
 """
 
 from __future__ import annotations
@@ -44,12 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="webiml annotate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pairs", help="folder of pair folders, pairs CSV (original,forged[,id]) or JSON Lines")
     p.add_argument("-o", "--out", required=True, help="output folder (an existing one is resumed)")
-    p.add_argument("--annotator", choices=("caaa", "baseline"), default=None,
-                   help="caaa: CAAAv2 (classifier + SPG/SDG segmenters); baseline: aligned difference "
-                        "(default: caaa with --checkpoint, else baseline)")
+    p.add_argument("--annotator", choices=("caaa", "caaa-v1", "baseline"), default=None,
+                   help="caaa: webiml's reconstruction of CAAAv2 (classifier + registration + SPG/SDG segmenters, "
+                        "trained by webiml); caaa-v1: the MIML authors' CAAA with their converted weights (ConvNeXt-XL "
+                        "classifier, DASS, SACM); baseline: aligned difference (default: caaa with --checkpoint, else baseline)")
     p.add_argument("--checkpoint", default=None,
-                   help="CAAAv2 weights: a folder with save_pretrained subfolders classifier/, spg/, sdg/ "
-                        "(without it CAAAv2 runs with random weights, with a warning)")
+                   help="caaa: a folder with save_pretrained subfolders classifier/, spg/, sdg/ (without it CAAAv2 runs "
+                        "with random weights, with a warning); caaa-v1 (required): a folder with classifier/, dass/, sacm/ "
+                        "from webiml convert caaa-v1-classifier / caaa-v1-dass / caaa-v1-sacm")
     p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="annotator constructor argument (JSON value), e.g. --option threshold=30 or --option tta=false")
     p.add_argument("--qes-threshold", type=float, default=0.5, help="keep pairs with QES above this (default 0.5)")

@@ -1,4 +1,10 @@
-"""CAAAv2: category-aware auto-annotation of web forgeries that come with their original photo.
+"""CAAAv2, webiml's reconstruction: category-aware auto-annotation of web forgeries that come with their
+original photo.
+
+CAAAv2 is described in the MIMLv2 paper (Qu et al., "Webly-supervised Image Manipulation Localization",
+arXiv 2508.20987), whose code and weights are unreleased: these parts are webiml's own design after that
+description, trained by webiml (``configs/caaa``). The MIML authors' released CAAA (v1, CVPR 2024) with
+their weights is :mod:`webiml.models.caaa_v1` (annotator :class:`webiml.annotate.caaa_v1.CAAAv1Annotator`).
 
 Constrained IML (CIML) gets a pair ``(original, forged)`` and localises the edit in the forgery. CAAAv2
 solves it with three plain ``nn.Module`` s (no Lightning inside) and a convenience bundle:
