@@ -23,6 +23,9 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                      "webiml.convert.adaptive_cfa:convert_adaptive_cfa"),
     "apsc-net": ("APSC-Net (CVPR 2024) mmcv checkpoint from qcf-568/MIML, e.g. APSC-Net.pth",
                  "webiml.convert.apsc_net:convert_apsc_net"),
+    "apsc-net-ade20k": ("APSC-Net initial weights of the authors' recipe from mmseg's UperNet-ConvNeXt-B ADE20k "
+                        "upernet_convnext_base_22k_640x640.pth (facebookresearch/ConvNeXt)",
+                        "webiml.convert.apsc_net:convert_apsc_net_ade20k"),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      "webiml.convert.noiseprint:convert_noiseprint_pp"),
 }
@@ -45,6 +48,7 @@ _REEXPORTS: dict[str, str] = {
     "apsc_key_to_webiml": "webiml.convert.apsc_net",
     "apsc_official_to_webiml": "webiml.convert.apsc_net",
     "convert_apsc_net": "webiml.convert.apsc_net",
+    "convert_apsc_net_ade20k": "webiml.convert.apsc_net",
     "infer_apsc_config": "webiml.convert.apsc_net",
     "webiml_key_to_apsc": "webiml.convert.apsc_net",
     "webiml_to_apsc_official": "webiml.convert.apsc_net",
