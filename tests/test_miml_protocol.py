@@ -248,3 +248,23 @@ def test_webiml_test_with_the_official_protocol(tmp_path: Path) -> None:
     assert "miml_official" in page and "F1 (authors)" in page and "976x976" in page
     with pytest.raises(ValueError, match="evaluation policy"):
         IMLDataModule(eval_policy="official")
+
+
+def test_eval_mask_band_makes_any_nonzero_value_manipulated(tmp_path: Path) -> None:
+    """The authors score against `mask > 0`: eval_mask_band [0, 1] replaces every evaluation record's band."""
+    from webiml.data.datamodule import IMLDataModule
+    from webiml.data.datasets import load_sample
+    from webiml.data.manifest import ManifestRecord, write_manifest
+
+    _write(tmp_path / "i.png", 4, 4, "PNG")
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, :] = (3, 100, 200, 255)
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    write_manifest(tmp_path / "t.jsonl", [ManifestRecord(str(tmp_path / "i.png"), str(tmp_path / "m.png"), 1)])
+    plain = IMLDataModule()._read_eval([str(tmp_path / "t.jsonl")])
+    assert load_sample(plain[0])["mask"][0, 0].tolist() == [0.0, 0.0, 1.0, 1.0]  # webiml's binarisation at 128
+    official = IMLDataModule(eval_mask_band=(0, 1))._read_eval([str(tmp_path / "t.jsonl")])
+    assert load_sample(official[0])["mask"][0, 0].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert load_sample(official[0])["mask"][0, 1].tolist() == [0.0] * 4
+    with pytest.raises(ValueError, match="eval_mask_band"):
+        IMLDataModule(eval_mask_band=(5, 5))
