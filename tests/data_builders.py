@@ -93,7 +93,7 @@ def build_mimlv2(tmp: Path) -> Expect:
         writer.writerow(["image", "qes"])
         for stem, q in scores.items():
             writer.writerow([f"imgs/{stem}.jpg", q])
-    return Expect("mimlv2", root, samples, options={"min_qes": "0.5"}, sources={"mimlv2"}, band=(7, 193),
+    return Expect("mimlv2", root, samples, options={"min_qes": "0.5", "qes_weight": "true"}, sources={"mimlv2"}, band=(7, 193),
                   weights={"a.jpg": 0.9, "b.jpg": 0.7})
 
 

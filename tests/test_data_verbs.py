@@ -100,7 +100,7 @@ def test_protocol_configs_parse() -> None:
         data = cfg["data"]
         assert data["class_path"] == "webiml.data.datamodule.IMLDataModule", path.name
         args = data["init_args"]
-        assert args["eval_policy"] in ("fixed", "native"), path.name
+        assert args["eval_policy"] in ("fixed", "native", "miml_official"), path.name
         paths = [args.get("train")] if isinstance(args.get("train"), str) else list(args.get("train") or [])
         paths += list(args["test"].values())
         assert all(p.startswith("data/manifests/") for p in paths), path.name

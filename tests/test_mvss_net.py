@@ -18,7 +18,8 @@ from webiml.cli import main
 from webiml.convert import ConversionError
 from webiml.convert.mvss_net import infer_mvss_config, mvss_official_to_webiml, webiml_to_mvss_official
 from webiml.models.mvss_net import MVSSNet, MVSSOutput
-from webiml.tasks.losses import MVSSLoss, edge_band, squared_dice
+from webiml.tasks.losses import MVSSLoss, squared_dice
+from webiml.tasks.losses import square_edge_band as edge_band
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "mvss_net_keys.json").read_text())
 TINY = dict(channels=(8, 16, 32, 64), layers=(1, 2, 2, 3))

@@ -114,7 +114,9 @@ def test_apply_qes_weights(tmp_path: Path) -> None:
         ManifestRecord("i.png", None, 0, "mimlv2"),
     ]
     write_manifest(tmp_path / "raw.jsonl", [r.resolve(tmp_path) for r in rows])
-    rep = apply_qes_weights(tmp_path / "raw.jsonl", tmp_path / "out" / "weighted.jsonl")
+    rep = apply_qes_weights(tmp_path / "raw.jsonl", tmp_path / "plain.jsonl")  # default: the authors' filter, weight 1
+    assert (rep.kept, rep.dropped) == (4, 1) and [r.weight for r in read_manifest(rep.manifest)] == [1.0] * 4
+    rep = apply_qes_weights(tmp_path / "raw.jsonl", tmp_path / "out" / "weighted.jsonl", floor=0.5)  # webiml's option
     assert (rep.kept, rep.dropped, rep.computed) == (4, 1, 1)
     out = read_manifest(rep.manifest)
     assert [r.weight for r in out] == pytest.approx([0.9, 0.8, 1.0, 1.0])  # replaced, not multiplied

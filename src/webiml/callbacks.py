@@ -121,7 +121,8 @@ class PredictionWriter(BasePredictionWriter):
 
 class TestReport(L.Callback):
     """``webiml test``'s page and table: ``<log_dir>/test_report/per_image.csv`` (set, path, image score, label,
-    pixel F1 / IoU at the threshold, false-positive fraction) and ``report.html``: per evaluation set the metrics
+    pixel F1 / IoU at the threshold, false-positive fraction; with ``threshold_policy: miml_adaptive`` also the
+    image's threshold and the APSC-Net authors' IoU / precision / recall / F1) and ``report.html``: per evaluation set the metrics
     table (test_metrics.json), the pixel PR curve, the per-image F1 histogram, then the ``max_images`` worst images
     (lowest F1; authentic images by false-positive area) with image / overlay / heatmap / truth / error map.
 
@@ -171,6 +172,9 @@ class TestReport(L.Callback):
             row = {"set": set_name, "path": path, "image_score": round(float(last["scores"][i]), 6),
                    "label": int(manipulated), "pixel_f1": f1, "pixel_iou": iou, "fp_fraction": round(fp_fraction, 6),
                    "manipulated_area_pred": round(float(pred.mean()), 6), "manipulated_area_true": round(float(truth.mean()), 6)}
+            if last.get("miml"):  # the APSC-Net authors' per-image scores (threshold_policy: miml_adaptive)
+                official = last["miml"][i]
+                row.update({f"miml_{k}": round(float(official[k]), 6) for k in ("threshold", "iou", "precision", "recall", "f1")})
             self._rows.append(row)
             badness = (1.0 - f1) if manipulated else fp_fraction
             item = (badness, self._count, {"row": row, "prob": np.round(p * 255).astype(np.uint8), "truth": truth})
@@ -253,6 +257,7 @@ def _write_test_report(out: Path, shards: list[dict[str, Any]], metrics: dict[st
     buf = io.StringIO()
     fields = ["set", "path", "image_score", "label", "pixel_f1", "pixel_iou", "fp_fraction",
               "manipulated_area_pred", "manipulated_area_true"]
+    fields += [k for k in ("miml_threshold", "miml_iou", "miml_precision", "miml_recall", "miml_f1") if any(k in r for r in rows)]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows({k: ("" if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows)

@@ -1,11 +1,14 @@
 """Evaluation metrics for image manipulation localization (IML) and image-level detection.
 
-Two :class:`torchmetrics.Metric` classes, both DDP-correct:
+Three :class:`torchmetrics.Metric` classes, all DDP-correct:
 
 * :class:`PixelMetrics` — localization metrics computed per image at its original resolution and averaged over
   *manipulated* images (the field's protocol), plus a dataset-level pixel AUC. All states are sums (bounded memory),
   so a DDP run reproduces the single-process numbers.
 * :class:`ImageMetrics` — image-level detection metrics (AUC, balanced accuracy, ...) from one score per image.
+* :class:`MIMLOfficialMetrics` — the APSC-Net authors' test scores (their ``*_infer.py`` scripts): per-image
+  IoU / precision / recall / F1 at a per-image adaptive threshold from the image score, averaged over
+  manipulated images.
 
 Conventions (shared by both classes):
 
@@ -31,7 +34,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from webiml.data.masks import IGNORE
 
-__all__ = ["ImageMetrics", "PixelMetrics", "flatten_results"]
+__all__ = ["ImageMetrics", "MIMLOfficialMetrics", "PixelMetrics", "flatten_results", "miml_adaptive_threshold"]
 
 _AVERAGED = ("f1", "iou", "f1_best", "iou_best", "f1_permuted", "iou_permuted")
 """Per-image metrics averaged over manipulated images, in the order of ``PixelMetrics.sums``."""
@@ -337,6 +340,105 @@ class ImageMetrics(Metric):
             "tnr": tnr.float(),
             "n_images": torch.tensor(labels.numel(), device=scores.device),
         }
+
+
+def miml_adaptive_threshold(image_scores: Tensor | None, n: int, low: float = 0.3, high: float = 0.7,
+                            fixed: float = 0.5) -> Tensor:
+    """Per-image mask thresholds of the APSC-Net authors' segmentor (``VizEncoderDecoder.inference``):
+    ``clamp(1 - image score, low, high)``, or ``fixed`` for every image when there is no image score."""
+    if image_scores is None:
+        return torch.full((n,), float(fixed))
+    return (1.0 - image_scores.detach().float().reshape(-1)).clamp(low, high)
+
+
+class MIMLOfficialMetrics(Metric):
+    """Localization scores as the APSC-Net authors compute them (qcf-568/MIML ``models for IML/*_infer.py``).
+
+    Per image, the prediction is ``prob > threshold`` (strictly) with the image's own threshold (the adaptive
+    :func:`miml_adaptive_threshold` from the image score, or ``fixed_threshold`` for every image of a set that
+    the authors score at a fixed threshold: IMD2020), and with TP the true positives, ``|pred|`` / ``|gt|``
+    the predicted / true manipulated pixels::
+
+        IoU = TP / (|pred| + |gt| - TP + 1e-6)    P = TP / (|pred| + 1e-6)    R = TP / (|gt| + 1e-6)
+        F1  = 2 P R / (P + R + 1e-8)
+
+    ``compute()`` returns the means of these over manipulated images (``iou``, ``precision``, ``recall``,
+    ``f1``; NaN without one), the mean threshold used on them (``threshold``) and ``n_images`` (manipulated
+    images scored). The authors average over every file of their test folders, which hold manipulated images
+    only; IGNORE pixels (none in binary masks) are left out of every count.
+
+    Args:
+        fixed_threshold: score every image at this threshold (``None``: adaptive, from the image scores).
+        low, high: clamp range of the adaptive threshold.
+        default_threshold: the threshold when no image score is given (the authors' model without image head).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    sums: Tensor
+    count: Tensor
+
+    def __init__(self, fixed_threshold: float | None = None, low: float = 0.3, high: float = 0.7,
+                 default_threshold: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fixed_threshold = None if fixed_threshold is None else _check_threshold(fixed_threshold)
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"need 0 <= low <= high <= 1, got {low}, {high}")
+        self.low, self.high = float(low), float(high)
+        self.default_threshold = _check_threshold(default_threshold)
+        # iou, precision, recall, f1, threshold
+        self.add_state("sums", torch.zeros(5, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def thresholds(self, image_scores: Tensor | None, n: int) -> Tensor:
+        """The per-image thresholds this metric applies."""
+        if self.fixed_threshold is not None:
+            return torch.full((n,), self.fixed_threshold)
+        return miml_adaptive_threshold(image_scores, n, self.low, self.high, self.default_threshold)
+
+    def per_image(self, probs: MapInput, target: MapInput, image_scores: Tensor | None = None) -> list[dict[str, float]]:
+        """The per-image values (``threshold``, ``iou``, ``precision``, ``recall``, ``f1``, ``manipulated``)
+        without updating the state."""
+        prob_list = _as_image_list(probs, "probs")
+        target_list = _as_image_list(target, "target")
+        if len(prob_list) != len(target_list):
+            raise ValueError(f"got {len(prob_list)} probability maps but {len(target_list)} targets")
+        thresholds = self.thresholds(image_scores, len(prob_list)).tolist()
+        if len(thresholds) != len(prob_list):
+            raise ValueError(f"got {len(thresholds)} image scores for {len(prob_list)} images")
+        rows = []
+        for i, (p, t, th) in enumerate(zip(prob_list, target_list, thresholds, strict=True)):
+            if p.shape != t.shape:
+                raise ValueError(f"image {i}: probs shape {tuple(p.shape)} != target shape {tuple(t.shape)}")
+            t = t.to(p.device)
+            valid = t >= 0
+            pred = (p.float() > th) & valid
+            truth = (t > 0.5) & valid
+            tp = float((pred & truth).sum())
+            n_pred, n_true = float(pred.sum()), float(truth.sum())
+            prec, rec = tp / (n_pred + 1e-6), tp / (n_true + 1e-6)
+            rows.append({"threshold": float(th), "iou": tp / (n_pred + n_true - tp + 1e-6), "precision": prec,
+                         "recall": rec, "f1": 2 * prec * rec / (prec + rec + 1e-8), "manipulated": n_true > 0})
+        return rows
+
+    def update(self, probs: MapInput, target: MapInput, image_scores: Tensor | None = None) -> None:
+        """Add probability maps and targets (as :meth:`PixelMetrics.update`) and the images' scores (B,)."""
+        rows = [r for r in self.per_image(probs, target, image_scores) if r["manipulated"]]
+        if not rows:
+            return
+        values = torch.tensor([[r["iou"], r["precision"], r["recall"], r["f1"], r["threshold"]] for r in rows],
+                              dtype=torch.float64, device=self.sums.device)
+        self.sums += values.sum(0)
+        self.count += len(rows)
+
+    def compute(self) -> dict[str, Tensor]:
+        nan = torch.tensor(math.nan, dtype=torch.float64, device=self.sums.device)
+        means = torch.where(self.count > 0, self.sums / self.count.clamp(min=1), nan).float()
+        out = {name: means[j] for j, name in enumerate(("iou", "precision", "recall", "f1", "threshold"))}
+        out["n_images"] = self.count
+        return out
 
 
 def _cat_or_empty(state: list[Tensor] | Tensor, dtype: torch.dtype) -> Tensor:

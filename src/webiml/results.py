@@ -42,8 +42,17 @@ METRICS: tuple[tuple[str, str], ...] = (
 )
 """Metric keys (as logged by IMLTask, without the ``test/<set>/`` prefix) and their column titles."""
 
+MIML_METRICS: tuple[tuple[str, str], ...] = (
+    ("miml_iou", "IoU (authors)"),
+    ("miml_precision", "P (authors)"),
+    ("miml_recall", "R (authors)"),
+    ("miml_f1", "F1 (authors)"),
+)
+"""The APSC-Net authors' scores (``threshold_policy: miml_adaptive``); columns only when a row has them."""
+
 COUNTS = (("pixel_n_images", "images"), ("pixel_n_manipulated", "manipulated"))
 ROBUSTNESS_METRICS = ("pixel_f1", "pixel_auc", "image_auc")
+METRICS_KEYS = {k for k, _ in METRICS}
 
 
 def git_commit(path: str | Path | None = None) -> str:
@@ -87,7 +96,7 @@ def collect_rows(metrics: Mapping[str, float], prefix: str = "test", names: Sequ
     ``names``: the evaluation sets in dataloader order (the datamodule's ``eval_names("test")``); without it,
     every ``<set>`` that has at least one pixel/image metric is a row.
     """
-    known = {k for k, _ in METRICS} | {k for k, _ in COUNTS}
+    known = {k for k, _ in (*METRICS, *MIML_METRICS)} | {k for k, _ in COUNTS}
     per_set: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         parts = key.split("/")
@@ -104,6 +113,9 @@ def collect_rows(metrics: Mapping[str, float], prefix: str = "test", names: Sequ
             row[key] = int(values[key]) if not math.isnan(values.get(key, math.nan)) else None
         for key, _ in METRICS:
             row[key] = values.get(key, math.nan)
+        for key, _ in MIML_METRICS:
+            if key in values:
+                row[key] = values[key]
         rows.append(row)
     first = {d: i for i, d in enumerate(dict.fromkeys(r["dataset"] for r in rows))}
     rows.sort(key=lambda r: (_level_order(r["degradation"]), first[r["dataset"]]))
@@ -115,8 +127,10 @@ def collect_rows(metrics: Mapping[str, float], prefix: str = "test", names: Sequ
         mean: dict[str, Any] = {"set": "mean" if deg == "none" else f"mean@{deg}", "dataset": "mean", "degradation": deg}
         for key, _ in COUNTS:
             mean[key] = sum(r[key] or 0 for r in group)
-        for key, _ in METRICS:
-            vals = [r[key] for r in group if not math.isnan(r[key])]
+        for key, _ in (*METRICS, *MIML_METRICS):
+            if key not in METRICS_KEYS and not any(key in r for r in group):
+                continue
+            vals = [r[key] for r in group if key in r and not math.isnan(r[key])]
             mean[key] = sum(vals) / len(vals) if vals else math.nan
         out += [*group, mean]
     return out
@@ -130,12 +144,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """webiml's metric columns, then the authors' MIML ones when any row has them."""
+    return [*METRICS, *((k, t) for k, t in MIML_METRICS if any(k in r for r in rows))]
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The per-set results as a Markdown table."""
-    header = ["set", "degradation", *(t for _, t in COUNTS), *(t for _, t in METRICS)]
+    metrics = _metric_columns(rows)
+    header = ["set", "degradation", *(t for _, t in COUNTS), *(t for _, t in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
     for r in rows:
-        cells = [r["dataset"], r["degradation"], *(_fmt(r.get(k)) for k, _ in COUNTS), *(_fmt(r.get(k)) for k, _ in METRICS)]
+        cells = [r["dataset"], r["degradation"], *(_fmt(r.get(k)) for k, _ in COUNTS), *(_fmt(r.get(k)) for k, _ in metrics)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -147,7 +167,7 @@ def robustness_tables(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] 
         return ""
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     by = {(r["dataset"], r["degradation"]): r for r in rows}
-    titles = dict(METRICS)
+    titles = dict((*METRICS, *MIML_METRICS))
     out = []
     for metric in metrics:
         lines = [f"### {titles.get(metric, metric)} per degradation level", "",
@@ -168,6 +188,8 @@ def describe_protocol(trainer: L.Trainer, pl_module: L.LightningModule | None = 
         sizes = f"{hp.get('eval_size')}x{hp.get('eval_size')}"
     elif policy == "native":
         sizes = f"native, min side {hp.get('eval_min_side')}, max side {hp.get('eval_max_side')}"
+    elif policy == "miml_official":
+        sizes = "the APSC-Net authors' area rule: >= 1536x1536 px -> 976x976, JPEG <= 512x512 px -> 512x512, else native"
     else:
         sizes = "-"
     kind = hp.get("test_degradation")
@@ -185,14 +207,21 @@ def describe_protocol(trainer: L.Trainer, pl_module: L.LightningModule | None = 
         detail = ",".join(f"{k}={arch[k]}" for k in ("arch", "encoder", "backbone") if k in arch)
         if detail:
             model += f"({detail})"
-    threshold = (getattr(pl_module, "hparams", None) or {}).get("threshold", 0.5) if pl_module is not None else 0.5
+    task_hp = (getattr(pl_module, "hparams", None) or {}) if pl_module is not None else {}
+    threshold = task_hp.get("threshold", 0.5)
+    threshold_policy = task_hp.get("threshold_policy", "fixed")
+    if threshold_policy == "miml_adaptive":
+        fixed = ", ".join(task_hp.get("fixed_threshold_sets") or ()) or "none"
+        threshold_policy = f"miml_adaptive (authors' columns: clamp(1 - image score, 0.3, 0.7); 0.5 on {fixed})"
     return {
+        "protocol": hp.get("protocol") or "-",
         "model": model,
         "datamodule": type(dm).__name__ if dm is not None else "-",
         "eval_policy": policy or "-",
         "eval_sizes": sizes,
         "test_degradation": degradation,
         "threshold": threshold,
+        "threshold_policy": threshold_policy,
         "ckpt_path": str(getattr(trainer, "ckpt_path", None) or "none (initial weights)"),
         "git_commit": git_commit(),
     }
@@ -238,7 +267,7 @@ class ResultsTable(L.Callback):
 
 
 def results_csv(rows: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any]) -> str:
-    fields = ["set", "dataset", "degradation", *(k for k, _ in COUNTS), *(k for k, _ in METRICS), *protocol]
+    fields = ["set", "dataset", "degradation", *(k for k, _ in COUNTS), *(k for k, _ in _metric_columns(rows)), *protocol]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -254,8 +283,12 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], protocol: Mapping[str, A
     lines += [f"- **written**: {when}", "",
               f"Pixel metrics: per-image F1/IoU at threshold {protocol.get('threshold', 0.5)}, at the best threshold per image, and of the better "
               "of the map and its inverse (permuted), averaged over manipulated images, at the original resolution; "
-              "pixel AUC averaged per image. Image metrics over the whole set.", "",
-              markdown_table(rows), ""]
+              "pixel AUC averaged per image. Image metrics over the whole set."]
+    if any(k in r for r in rows for k, _ in MIML_METRICS):
+        lines += ["(authors) columns: the APSC-Net authors' test scores (their *_infer.py): each image binarised at "
+                  "prob > clamp(1 - image score, 0.3, 0.7) (0.5 on the fixed-threshold sets), per-image IoU, precision, "
+                  "recall and F1 averaged over manipulated images."]
+    lines += ["", markdown_table(rows), ""]
     robust = robustness_tables(rows)
     if robust:
         lines += ["## Robustness", "", robust, ""]

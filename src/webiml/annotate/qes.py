@@ -12,9 +12,11 @@ Inputs: one map ``(H, W)``, a batch ``(B, H, W)`` or ``(B, 1, H, W)`` (numpy or 
 vectorised pass) or a list of maps of different sizes (one concatenated pass with segment sums).
 ``uint8`` maps are read on the 0..255 scale (``v / 255``); float maps must be probabilities in [0, 1].
 
-Weak web supervision: :func:`qes_weight` maps QES to a per-sample loss weight and
-:func:`apply_qes_weights` turns an auto-annotated manifest into weakly supervised training data
-(QES filter, weights, the web ignore band). Command line::
+The score and the keep rule follow the authors (qcf-568/MIML ``other scripts for the dataset's
+construction/QES.py``; the MIML papers keep annotations with QES > 0.5). Using QES as a per-sample *loss
+weight* is webiml's own option, off by default: :func:`qes_weight` maps QES to a weight and
+:func:`apply_qes_weights` turns an auto-annotated manifest into training data (QES filter, the web ignore
+band, and weights only with ``floor < 1``). Command line::
 
     python -m webiml.annotate.qes data/manifests/mimlv2.jsonl data/manifests/mimlv2-qes.jsonl
 """
@@ -176,8 +178,8 @@ def keep(scores: Any, threshold: float = KEEP_THRESHOLD) -> Any:
 
 def qes_weight(score: float | np.ndarray, *, threshold: float = KEEP_THRESHOLD, floor: float = 0.5,
                power: float = 1.0) -> float | np.ndarray:
-    """Map QES to a per-sample loss weight: 0 at or below ``threshold`` (the annotation is dropped), then
-    rising from ``floor`` just above the threshold to 1 at QES = 1 (``power`` shapes the ramp).
+    """Map QES to a per-sample loss weight (webiml's option): 0 at or below ``threshold`` (the annotation is
+    dropped), then rising from ``floor`` just above the threshold to 1 at QES = 1 (``power`` shapes the ramp).
 
     ``floor=1`` gives the authors' plain filter (keep with weight 1 above the threshold).
     """
@@ -203,7 +205,7 @@ def apply_qes_weights(
     *,
     key: str = "qes",
     threshold: float | None = KEEP_THRESHOLD,
-    floor: float = 0.5,
+    floor: float = 1.0,
     power: float = 1.0,
     band: IgnoreBand | tuple[int, int] | None = WEB_LABELS,
     override_band: bool = False,
@@ -213,8 +215,9 @@ def apply_qes_weights(
 
     For every manipulated row (with a mask): QES from ``extra[key]`` (or computed from the soft mask with
     :func:`qes` when ``compute_missing``, and stored under ``key``); rows with QES at or below
-    ``threshold`` are dropped, the others get ``weight = qes_weight(qes, ...)`` (it *replaces* the row's
-    weight: ``webiml data index mimlv2`` already writes ``weight = qes``, which must not count twice) and the ignore band
+    ``threshold`` are dropped, the others get ``weight = qes_weight(qes, ...)``: 1 with the default ``floor=1``
+    (the authors' plain filter), a QES ramp with ``floor < 1`` (webiml's option; it *replaces* the row's
+    weight: ``webiml data index mimlv2 --opt qes_weight=true`` writes ``weight = qes``, which must not count twice) and the ignore band
     ``band`` (the web default 0-7 authentic, 193-255 manipulated, in between ignored) unless they already
     have one (``override_band`` replaces it). ``threshold=None`` skips QES entirely and only sets the band
     (for sets the authors already filtered, e.g. MIML Part1/Part2). Authentic rows pass unchanged. The
@@ -254,13 +257,15 @@ def apply_qes_weights(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m webiml.annotate.qes",
-                                     description="QES weights + web ignore band on an auto-annotated manifest")
+                                     description="QES filter (+ optional QES weights) + web ignore band on an auto-annotated manifest")
     parser.add_argument("manifest_in")
     parser.add_argument("manifest_out")
     parser.add_argument("--key", default="qes")
     parser.add_argument("--threshold", type=float, default=KEEP_THRESHOLD)
     parser.add_argument("--band-only", action="store_true", help="no QES filter or weights: only set the ignore band")
-    parser.add_argument("--floor", type=float, default=0.5)
+    parser.add_argument("--floor", type=float, default=1.0,
+                        help="weight just above the threshold; 1 (default) = the authors' plain filter, every kept "
+                             "sample weighs 1; below 1 = webiml's QES weights, rising to 1 at QES 1")
     parser.add_argument("--power", type=float, default=1.0)
     parser.add_argument("--band", type=int, nargs=2, default=list(WEB_LABELS), metavar=("LOW", "HIGH"))
     parser.add_argument("--override-band", action="store_true")

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qes-threshold", type=float, default=0.5, help="keep pairs with QES above this (default 0.5)")
     p.add_argument("--qes-low", type=float, default=1 / 16, help="QES: probability counted as marked (default 1/16)")
     p.add_argument("--qes-high", type=float, default=15 / 16, help="QES: probability counted as confident (default 15/16)")
-    p.add_argument("--qes-weight", action="store_true", help="use the QES as the manifest's sample weight")
+    p.add_argument("--qes-weight", action="store_true",
+                   help="use the QES as the manifest's sample weight (webiml's option; default: every kept sample weighs 1, as the authors)")
     p.add_argument("--ignore-band", type=int, nargs=2, default=(7, 193), metavar=("LOW", "HIGH"),
                    help="soft-label ignore band written into the manifest (default 7 193)")
     p.add_argument("--source", default="annotated", help="manifest source name (default: annotated)")

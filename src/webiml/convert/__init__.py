@@ -35,6 +35,9 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                      "webiml.convert.caaa_v1:convert_caaa_v1_dass"),
     "caaa-v1-sacm": ("CAAA v1 SACM (SDG segmenter, Siamese ConvNeXt-B correlation) from qcf-568/MIML 'models for CIML', SAFM.pth",
                      "webiml.convert.caaa_v1:convert_caaa_v1_sacm"),
+    "apsc-net-ade20k": ("APSC-Net initial weights of the authors' recipe from mmseg's UperNet-ConvNeXt-B ADE20k "
+                        "upernet_convnext_base_22k_640x640.pth (facebookresearch/ConvNeXt)",
+                        "webiml.convert.apsc_net:convert_apsc_net_ade20k"),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      "webiml.convert.noiseprint:convert_noiseprint_pp"),
     "trufor": ("TruFor (CVPR 2023) trufor.pth.tar from grip-unina/TruFor's TruFor_weights.zip",
@@ -68,6 +71,7 @@ _REEXPORTS: dict[str, str] = {
     "apsc_key_to_webiml": "webiml.convert.apsc_net",
     "apsc_official_to_webiml": "webiml.convert.apsc_net",
     "convert_apsc_net": "webiml.convert.apsc_net",
+    "convert_apsc_net_ade20k": "webiml.convert.apsc_net",
     "infer_apsc_config": "webiml.convert.apsc_net",
     "webiml_key_to_apsc": "webiml.convert.apsc_net",
     "webiml_to_apsc_official": "webiml.convert.apsc_net",

@@ -4,6 +4,13 @@
 ``module.`` (saved from a DataParallel / DDP wrapper). The backbone keys are renamed onto timm's
 ConvNeXt (one to one), the architecture widths are read off the tensor shapes, every tensor's shape is
 checked, and the weights are loaded strictly before ``save_pretrained`` writes the output directory.
+
+``webiml convert apsc-net-ade20k upernet_convnext_base_22k_640x640.pth OUT_DIR`` builds the *initial*
+weights of the authors' training recipe instead (:func:`convert_apsc_net_ade20k`): their ``load_from`` is
+the UperNet-ConvNeXt-B ADE20k checkpoint of facebookresearch/ConvNeXt (``semantic_segmentation``, MIT
+licence) with ``conv_seg`` cut to 2 classes (their ``cvt_conv.py``), loaded non-strictly, so the backbone and
+the UPer parts APSC-Net shares with UperNet (``psp_modules``, ``bottleneck``, ``lateral_convs``,
+``fpn_convs``, ``conv_seg``) start from ADE20k and the rest from random initialisation.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from webiml.convert._common import ConversionError, check_state_dict, few_keys, load_checkpoint
@@ -139,6 +147,59 @@ def convert_apsc_net(checkpoint: str | Path, out_dir: str | Path, **overrides: A
     check_state_dict(model, state, what=f"checkpoint {Path(checkpoint).name}")
     # Tensors are copied into the model's own dtype (the checkpoint may be half precision).
     model.load_state_dict(state, strict=True)
+    model.eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    return model
+
+
+ADE20K_SHARED = ("backbone.", "decode_head.psp_modules.", "decode_head.bottleneck.", "decode_head.lateral_convs.",
+                 "decode_head.fpn_convs.", "decode_head.conv_seg.")
+"""webiml APSC-Net keys that the UperNet-ConvNeXt ADE20k checkpoint initialises (same names, same shapes)."""
+ADE20K_UNUSED = ("auxiliary_head.", "decode_head.fpn_bottleneck.")
+"""UperNet parts APSC-Net has no counterpart for (left out, as ``load_from`` leaves them out)."""
+
+
+def convert_apsc_net_ade20k(checkpoint: str | Path, out_dir: str | Path, seed: int = 0, **overrides: Any) -> APSCNet:
+    """Initial APSC-Net weights of the authors' recipe from mmseg's UperNet-ConvNeXt ADE20k checkpoint.
+
+    The backbone and the UPer parts (:data:`ADE20K_SHARED`) come from the checkpoint, ``conv_seg`` cut to its
+    first 2 classes as the authors' ``cvt_conv.py`` does; :data:`ADE20K_UNUSED` keys are dropped; every
+    other APSC-Net module keeps the random initialisation of ``APSCNet(size="base")`` under
+    ``torch.manual_seed(seed)`` (the authors' mmcv initialisers are not reproduced). Every shared key must be
+    in the checkpoint with the right shape (BatchNorm's ``num_batches_tracked`` may be absent). Use the
+    result as ``init_weights`` of the recipe (``configs/miml/apscnet_miml_recipe.yaml``).
+    """
+    official = load_checkpoint(checkpoint)
+    state: dict[str, Tensor] = {}
+    unknown = []
+    for k, v in official.items():
+        if k.startswith(ADE20K_UNUSED):
+            continue
+        if k.startswith("decode_head.conv_seg.") and v.shape[0] > 2:
+            v = v[:2]
+        new = apsc_key_to_webiml(k)
+        if new is None or not new.startswith(ADE20K_SHARED):
+            unknown.append(k)
+        else:
+            state[new] = v
+    if unknown:
+        raise ConversionError(f"{len(unknown)} keys are not part of UperNet-ConvNeXt: {few_keys(unknown)}")
+    torch.manual_seed(seed)
+    try:
+        model = APSCNet(**{"size": "base", **overrides})
+    except (TypeError, ValueError) as err:
+        raise ConversionError(f"cannot build APSCNet({overrides}): {err}") from None
+    own = model.state_dict()
+    shared = [k for k in own if k.startswith(ADE20K_SHARED)]
+    missing = [k for k in shared if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ConversionError(f"the checkpoint lacks {len(missing)} UperNet-ConvNeXt keys APSC-Net needs: {few_keys(missing)} "
+                              "(expected mmseg's upernet_convnext_base_22k_640x640.pth or convnext_ade.pth)")
+    full = {**own, **state}
+    check_state_dict(model, full, what=f"checkpoint {Path(checkpoint).name}")
+    model.load_state_dict(full, strict=True)
     model.eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

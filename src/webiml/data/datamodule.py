@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from torch.utils.data import DataLoader
 
 from webiml.data.datasets import ManifestDataset, collate_skip_broken, records_from_paths
 from webiml.data.manifest import ManifestError, ManifestRecord, read_manifest
+from webiml.data.masks import IgnoreBand
 from webiml.data.photo_pool import make_photo_pool, split_photo_pool  # noqa: F401 (re-exported)
 from webiml.data.samplers import SourceBalancedSampler, UnrepeatedDistributedSampler
-from webiml.data.transforms import Compose, Degrade, make_eval_transform, make_train_transform
+from webiml.data.transforms import BySource, Compose, Degrade, make_eval_transform, make_train_transform
 
 EvalSets = Mapping[str, str] | Sequence[str] | str | None
 
@@ -97,17 +99,30 @@ class IMLDataModule(L.LightningDataModule):
         eval_batch_size: evaluation batch size (images of different sizes are padded together).
         num_workers: DataLoader workers per device.
         crop_size: training crop (padded with ignored pixels when the image is smaller).
-        scale: random rescale range before cropping.
-        hflip: horizontal flip probability.
+        scale: random rescale range (a factor of the image's own size) before cropping.
+        resize_range: instead of ``scale``, resize each side to a random size in this range (integers, drawn
+            independently, aspect ratio not kept; the APSC-Net authors' ``[512, 768]``).
+        hflip, vflip: horizontal / vertical flip probabilities.
+        rot90_p: probability of a random quarter-turn rotation (k in 0..3, the authors' ``RandomRotate90``).
         jpeg_p, jpeg_quality: probability and quality range of real JPEG re-compression.
+        rgb_shift_p, rgb_shift_limit: probability and range (0..255 units) of a per-channel RGB shift, applied
+            after JPEG (the authors' ``RGBShift``, limit 20).
         blur_p: probability of a random Gaussian blur.
         crop_bias: probability of choosing a crop that contains manipulated pixels.
+        geometry_only_sources: training sources that get only the resize and the crop, no flip, rotation,
+            blur, JPEG or RGB shift (the authors' pipeline of their Object Jitter set, ``coco_pipeline``).
         samples_per_source: balanced sampling: this many training samples per source per epoch.
         repeat: per-source repeat factors for training (multiplies each source's count).
         eval_policy: ``"fixed"`` (resize to ``eval_size``) or ``"native"`` (original size, very large
             images downscaled to ``eval_max_side`` and very small ones upscaled to ``eval_min_side``).
             Predictions are always mapped back and scored at the original resolution.
+            ``"miml_official"``: the APSC-Net authors' test resize (images of at least 1536x1536 pixels
+            squashed to 976x976, JPEG files of at most 512x512 pixels to 512x512, others native; see
+            :func:`~webiml.data.transforms.miml_official_size`).
         eval_size, eval_max_side, eval_min_side: parameters of the evaluation policy.
+        eval_mask_band: ``[low, high]`` ignore band applied to every evaluation mask instead of the manifests'
+            own (``[0, 1]``: any non-zero mask value is manipulated, the authors' ``mask > 0``).
+        protocol: name of the protocol, recorded in ``results.csv`` / ``results.md`` (e.g. ``miml_official``).
         pin_memory: pin host memory for faster transfer to an accelerator.
         seed: seed of the training sampler.
         test_degradation: robustness protocol: degrade test images with ``"jpeg"`` (level = quality),
@@ -136,12 +151,20 @@ class IMLDataModule(L.LightningDataModule):
         jpeg_quality: tuple[int, int] = (50, 100),
         blur_p: float = 0.0,
         crop_bias: float = 0.5,
+        vflip: float = 0.0,
+        resize_range: tuple[int, int] | None = None,
+        rot90_p: float = 0.0,
+        rgb_shift_p: float = 0.0,
+        rgb_shift_limit: float = 20.0,
+        geometry_only_sources: list[str] | None = None,
         samples_per_source: int | None = None,
         repeat: dict[str, float] | None = None,
         eval_policy: str = "fixed",
         eval_size: int = 512,
         eval_max_side: int = 2048,
         eval_min_side: int = 256,
+        eval_mask_band: tuple[int, int] | None = None,
+        protocol: str | None = None,
         pin_memory: bool = True,
         seed: int = 0,
         test_degradation: str | None = None,
@@ -151,6 +174,11 @@ class IMLDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        make_eval_transform(eval_policy)  # an unknown policy fails here, not in setup()
+        if eval_mask_band is not None:
+            low, high = (int(v) for v in eval_mask_band)
+            if not 0 <= low < high <= 255:
+                raise ValueError(f"eval_mask_band must satisfy 0 <= low < high <= 255, got {list(eval_mask_band)}")
         self.train_sets = [train] if isinstance(train, str | os.PathLike) else list(train or [])
         self.val_sets = _named_sets(val)
         self.test_sets = _named_sets(test)
@@ -195,21 +223,42 @@ class IMLDataModule(L.LightningDataModule):
             records += part
         return records
 
+    def _read_eval(self, paths: Sequence[str]) -> list[ManifestRecord]:
+        """Evaluation records, with ``eval_mask_band`` (when set) as every record's ignore band."""
+        records = self._read(paths)
+        band = self.hparams.get("eval_mask_band")
+        if band is None:
+            return records
+        return [replace(r, ignore_band=IgnoreBand(int(band[0]), int(band[1]))) for r in records]
+
+    def train_transform(self) -> Any:
+        """The training pipeline (:func:`~webiml.data.transforms.make_train_transform`), per source when
+        ``geometry_only_sources`` is set."""
+        hp = self.hparams
+        args = dict(
+            crop_size=hp.crop_size, scale=tuple(hp.scale), hflip=hp.hflip, jpeg_p=hp.jpeg_p,
+            jpeg_quality=tuple(hp.jpeg_quality), blur_p=hp.blur_p, crop_bias=hp.crop_bias, vflip=hp.get("vflip", 0.0),
+            resize_range=tuple(hp.resize_range) if hp.get("resize_range") else None, rot90_p=hp.get("rot90_p", 0.0),
+            rgb_shift_p=hp.get("rgb_shift_p", 0.0), rgb_shift_limit=hp.get("rgb_shift_limit", 20.0),
+        )
+        transform = make_train_transform(**args)
+        plain = list(hp.get("geometry_only_sources") or [])
+        if not plain:
+            return transform
+        geometry = make_train_transform(**args, geometry_only=True)
+        return BySource(transform, {name: geometry for name in plain})
+
     _resume_position: tuple[int, int] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         eval_tf = make_eval_transform(hp.eval_policy, size=hp.eval_size, max_side=hp.eval_max_side, min_side=hp.eval_min_side)
         if stage in (None, "fit") and self.train_sets:
-            train_tf = make_train_transform(
-                crop_size=hp.crop_size, scale=tuple(hp.scale), hflip=hp.hflip, jpeg_p=hp.jpeg_p,
-                jpeg_quality=tuple(hp.jpeg_quality), blur_p=hp.blur_p, crop_bias=hp.crop_bias,
-            )
-            self._datasets["train"] = ManifestDataset(self._read(self.train_sets), train_tf, train=True)
+            self._datasets["train"] = ManifestDataset(self._read(self.train_sets), self.train_transform(), train=True)
         if stage in (None, "fit", "validate"):
-            self._datasets["val"] = [ManifestDataset(self._read(p), eval_tf) for p in self.val_sets.values()]
+            self._datasets["val"] = [ManifestDataset(self._read_eval(p), eval_tf) for p in self.val_sets.values()]
         if stage in (None, "test"):
-            records = {name: self._read(paths) for name, paths in self.test_sets.items()}
+            records = {name: self._read_eval(paths) for name, paths in self.test_sets.items()}
             hp_seed = hp.get("degradation_seed", 0)
             self._datasets["test"] = [
                 ManifestDataset(records[base], eval_tf if kind == "none" else Compose([Degrade(kind, level, hp_seed), *eval_tf.transforms]))

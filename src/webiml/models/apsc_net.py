@@ -1,7 +1,10 @@
-"""APSC-Net (Qu et al., CVPR 2024): ConvNeXt + SE-gated UPer decoder + iterative self-refinement.
+"""APSC-Net (Qu et al., "Towards Modern Image Manipulation Localization: A Large-Scale Dataset and Novel
+Methods", CVPR 2024): ConvNeXt + SE-gated UPer decoder + iterative self-refinement.
 
 The architecture follows the authors' released code (``qcf-568/MIML``, ``models for IML``: config
-``apscnet.py``, decode head ``TestRFB1HA1CLab``); this is webiml's own implementation of it.
+``apscnet.py``, decode head ``TestRFB1HA1CLab``); this is webiml's own implementation of it. What follows
+the paper, the authors' code, and webiml's own choices is listed in :data:`MODEL_CARD_NOTES` (also the
+Hub model card).
 
 Forward pass::
 
@@ -19,22 +22,27 @@ Forward pass::
            F   = SCSE-gated 1x1 fusion of [F, A] back to 4C channels (``CE``; not after the last round)
       -> image head (``cls_head``) on [A, F split in four, P(y)] (detached), max-pooled to 2 logits.
 
+The model runs unpadded at any input size of at least 32 pixels a side (``size_divisor = 1``), as the
+authors' model does in their inference scripts; smaller inputs are padded up to 32.
+
 Outputs follow webiml's contract (:mod:`webiml.models.base`): the authors predict two-class logits
 ``(z0, z1)``; softmax cross-entropy on them equals binary cross-entropy on ``z1 - z0``, so the two-channel
-classifiers are kept (checkpoint compatibility) and ``z1 - z0`` is returned. The main mask is the last
-round's prediction; the first prediction and the predictions of rounds 1..R-1 are the ``R`` auxiliary
-outputs (training mode only). The authors supervise all of them with OHEM cross-entropy (threshold
-0.7, 100k kept pixels) on logits upsampled to the label size, every term (main and auxiliary alike)
-multiplied by 0.5 in their ``decode_head.losses``: in webiml terms ``ohem_thresh=0.7`` with auxiliary
-weights equal to the main weight, up to a global factor. The authors' training config (``Decode_seg``)
-has no image head; their inference head adds ``cls_head``, which reads detached features.
+classifiers are kept (checkpoint compatibility) and ``z1 - z0`` is returned (the authors' image score
+``softmax(cls)[1]`` is ``sigmoid(image_logits)``). The main mask is the last round's prediction; the first
+prediction and the predictions of rounds 1..R-1 are the ``R`` auxiliary outputs (training mode only).
+The authors supervise all of them with OHEM cross-entropy (threshold 0.7, 100k kept pixels) on logits
+upsampled to the label size, every term (main and auxiliary alike) halved in their
+``BaseDecodeHead.losses``: in webiml terms ``bce_weight=0.5, aux_weights=1.0, ohem_thresh=0.7,
+dice_weight=0`` (:class:`webiml.tasks.losses.IMLLoss`). The authors' training config (``Decode_seg``) has
+no image head; their inference head adds ``cls_head``, which reads detached features.
 
 State-dict keys: the decode head keeps the authors' module names (``decode_head.psp_modules``,
 ``decode_head.SE1``, ``decode_head.MSDEC``, ``decode_head.ha.kg``, ``decode_head.CE``, ...). The backbone
 is timm's ConvNeXt (``backbone.stem``, ``backbone.stages.{i}.blocks.{j}``...), whose keys map one to one
 onto the official ConvNeXt keys (``backbone.downsample_layers``, ``backbone.stages.{i}.{j}.dwconv``...);
 :mod:`webiml.convert` performs that mapping. Normalisation is ImageNet mean/std on RGB in ``[0, 1]``
-(the authors' ``img_norm_cfg`` on 0..255).
+(the authors' ``img_norm_cfg`` on 0..255). :meth:`APSCNet.layer_decay_ids` gives the authors' stage-wise
+layer-decay ids (mmseg's ``get_stage_id_for_convnext``).
 """
 
 from __future__ import annotations
@@ -60,6 +68,31 @@ from webiml.models.layers import (
     se_gate,
 )
 from webiml.models.registry import register_model
+
+MODEL_CARD_NOTES = """\
+## APSC-Net (webiml implementation)
+
+Paper: Qu et al., "Towards Modern Image Manipulation Localization: A Large-Scale Dataset and Novel
+Methods", CVPR 2024. Official code: github.com/qcf-568/MIML ("models for IML"), CC-BY-NC-4.0.
+
+**Follows the authors' code:** the architecture and module names of the released model (config
+`apscnet.py`, decode head `TestRFB1HA1CLab`): ConvNeXt-B with output LayerNorms, SE-gated UPer decoder,
+three rounds of self-refinement with a per-image 31x31 dynamic kernel, DeepLabV3+ head, image head on
+detached features; unpadded inference at the input size; the released weights convert one to one
+(`webiml convert apsc-net`). Training (`configs/miml/apscnet_miml_recipe.yaml`): OHEM cross-entropy
+(0.7, 100k pixels) on the main and every auxiliary output, each upsampled to the label size and weighted
+equally (0.5 each); AdamW 1e-4, weight decay 0.05 (none on biases and norms), stage-wise layer decay 0.9
+with mmseg's ConvNeXt ids; poly schedule after a 1500-step warmup; absolute resize of each side to
+512-768, 512 crops, rot90, JPEG 50-100 (p 0.9), RGB shift (p 0.3), none of these on the Object Jitter set.
+Test protocol (`configs/protocols/miml_official.yaml`): the inference scripts' area-based resizing,
+the adaptive threshold clamp(1 - image score, 0.3, 0.7) (0.5 on IMD2020) and per-image IoU / precision /
+recall / F1 averaged over manipulated images.
+
+**webiml's own choices:** timm's ConvNeXt modules for the backbone (same weights, renamed keys);
+single-logit outputs (`z1 - z0` of the authors' two classes); the image head trained with BCE at weight
+0.5 in the recipe (the authors' training config has no image head; its inputs are detached, so the mask
+branch trains exactly as theirs); inputs smaller than 32 pixels a side padded up to 32.
+"""
 
 APSC_PRESETS: dict[str, dict[str, Any]] = {
     # The authors' configuration (apscnet.py): ConvNeXt-B, 512-channel decoder.
@@ -253,6 +286,9 @@ class APSCHead(nn.Module):
 class APSCNet(IMLModel):
     """APSC-Net: ConvNeXt backbone + :class:`APSCHead` (see the module docstring).
 
+    Runs unpadded (``size_divisor = 1``) like the authors' model; inputs under 32 pixels a side are
+    padded up to 32 (the deepest level needs one pixel).
+
     Args:
         size: a key of :data:`APSC_PRESETS` (``"base"`` = the authors' model, ``"tiny"`` for tests).
         depths, dims, drop_path_rate: ConvNeXt configuration (``None``: from the preset).
@@ -267,6 +303,9 @@ class APSCNet(IMLModel):
         backbone_weights: ImageNet initialisation of the backbone, see :class:`ConvNeXtBackbone`.
         mean, std: input normalisation.
     """
+
+    size_divisor = 1
+    min_input_size = 32
 
     def __init__(
         self,
@@ -317,6 +356,28 @@ class APSCNet(IMLModel):
         """The backbone (named ``backbone`` in the state dict, as in the authors' checkpoints)."""
         return self.backbone
 
+    def layer_decay_ids(self, num_layers: int = 12) -> tuple[dict[str, int], int]:
+        """The authors' stage-wise layer-decay ids (``LearningRateDecayOptimizerConstructor`` with
+        ``decay_type='stage_wise'``, ``num_layers=12``: mmseg's ``get_stage_id_for_convnext``) per parameter
+        name, and the number of ids ``L = num_layers + 2``; the lr scale of id ``i`` is ``decay ** (L - 1 - i)``.
+
+        The stem and the three downsampling layers (the official ``backbone.downsample_layers``) have id 0
+        (0.9 ** 13 at decay 0.9), the blocks of stage ``i`` id ``i + 1`` (0.9 ** (12 - i)), everything else,
+        the backbone's output norms ``norm0..3`` and the whole decode head included, id ``num_layers + 1``
+        (scale 1).
+        """
+        top = num_layers + 1
+        ids = {}
+        for name, _ in self.named_parameters():
+            parts = name.split(".")
+            if name.startswith("backbone.stem.") or (name.startswith("backbone.stages.") and parts[3] == "downsample"):
+                ids[name] = 0
+            elif name.startswith("backbone.stages."):
+                ids[name] = int(parts[2]) + 1
+            else:
+                ids[name] = top
+        return ids, num_layers + 2
+
     def forward_padded(self, x: Tensor) -> IMLOutput:
         logits, preds, image = self.decode_head(self.backbone(x))
         mask = logits[:, 1:2] - logits[:, 0:1]
@@ -346,4 +407,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["APSC_PRESETS", "APSCHead", "APSCNet", "ConvNeXtBackbone", "apsc_net", "apsc_net_base", "apsc_net_tiny", "count_parameters"]
+__all__ = ["APSC_PRESETS", "MODEL_CARD_NOTES", "APSCHead", "APSCNet", "ConvNeXtBackbone", "apsc_net", "apsc_net_base", "apsc_net_tiny", "count_parameters"]

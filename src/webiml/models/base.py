@@ -186,6 +186,9 @@ class IMLModel(HubModel, tags=["image-manipulation-localization"], pipeline_tag=
 
     abstract = True
     size_divisor: int = 32
+    min_input_size: int = 1
+    """Inputs with a side below this are padded up to it (after rounding to :attr:`size_divisor`), for
+    models that run unpadded (``size_divisor = 1``) but need a minimum size."""
     pixel_threshold: float = 0.5
     """Default binarisation threshold of the mask (``prob >= pixel_threshold``); saved with the model."""
     image_threshold: float = 0.5
@@ -204,8 +207,8 @@ class IMLModel(HubModel, tags=["image-manipulation-localization"], pipeline_tag=
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{type(self).__name__} expects a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        d = self.size_divisor
-        ph, pw = (-h) % d, (-w) % d
+        d, m = self.size_divisor, self.min_input_size
+        ph, pw = max((-h) % d, m - h), max((-w) % d, m - w)
         if ph or pw:
             # Reflect keeps image statistics at the border better than zeros; fall back for tiny inputs.
             mode = "reflect" if ph < h and pw < w else "replicate"

@@ -1,4 +1,5 @@
-"""Web-IML: the MIMLv2 paper's IML model, rebuilt as the successor of APSC-Net.
+"""Web-IML: the MIMLv2 paper's IML model ("Webly-Supervised Image Manipulation Localization via Category-Aware
+Auto-Annotation", arXiv 2508.20987), rebuilt by webiml as the successor of APSC-Net.
 
 The authors describe Web-IML (a ConvNeXt-based model with a Multi-Scale Perception module and a
 Self-Rectification module, trained on MIMLv2 + Object Jitter with uncertain web-label pixels ignored)
@@ -47,8 +48,11 @@ from webiml.models.registry import register_model
 MODEL_CARD_NOTES = """\
 ## Web-IML (webiml implementation)
 
-The MIMLv2 paper describes Web-IML but its code and weights are not released. This model is webiml's
-implementation in the paper's spirit, built as the successor of the authors' released APSC-Net.
+The MIMLv2 paper (Qu et al., "Webly-Supervised Image Manipulation Localization via Category-Aware
+Auto-Annotation", arXiv 2508.20987) describes Web-IML but its code and weights are not released. This model
+is webiml's implementation in the paper's spirit, built as the successor of the authors' released APSC-Net
+("Towards Modern Image Manipulation Localization: A Large-Scale Dataset and Novel Methods", CVPR 2024). It
+is not the authors' network and no published number applies to it.
 
 **Follows the paper:** a hierarchical (ConvNeXt) encoder; a Multi-Scale Perception module over the
 feature pyramid; a Self-Rectification module that feeds the model's own mask prediction back to refine
@@ -59,8 +63,8 @@ samples, with uncertain (soft) web-label pixels ignored by the loss (webiml's IG
 where each level is a weighted sum of itself and all coarser levels with per-image squeeze-excitation
 weights; fusion of all levels at stride 8 with a stride-4 low-level branch for the mask head; an
 iterative loop in which the previous prediction, downsampled to stride 8, modulates the fused features
-and every round's prediction is deeply supervised (OHEM cross-entropy in the authors' recipe, auxiliary
-weight 0.5); an image-level head on the final features and prediction.
+and every round's prediction is deeply supervised (in the authors' APSC-Net recipe: OHEM cross-entropy,
+every round weighted like the final prediction); an image-level head on the final features and prediction.
 
 **webiml's own choices:** the Multi-Scale Perception block (parallel depthwise 3x3 branches with
 dilations 1/2/4 and a 1xk + kx1 large-kernel branch, fused pointwise, residual) applied to every level;

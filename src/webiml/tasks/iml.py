@@ -4,7 +4,9 @@ Training: losses from :class:`~webiml.tasks.losses.IMLLoss` (or a published mode
 ``loss``), AdamW with optional layer-wise lr decay, linear warmup then cosine / poly / constant schedule,
 optional batch-level GPU augmentation applied after the batch reaches the device. Evaluation: predictions
 are mapped back to each image's original resolution and scored with :mod:`webiml.metrics`, one metric set
-per evaluation set (dataloader).
+per evaluation set (dataloader); with ``threshold_policy="miml_adaptive"`` also the APSC-Net authors' scores
+(:class:`~webiml.metrics.MIMLOfficialMetrics`: per-image adaptive thresholds from the image score, logits
+restored as their segmentor does).
 What every task shares (hyperparameters, checkpoint hooks, batch transfer, optimiser, metrics per evaluation
 set built in ``setup()``, export) is :class:`webiml.tasks.base.BaseTask`; ``export_checkpoint`` is
 :func:`webiml.tasks.base.export_checkpoint`, re-exported here.
@@ -19,17 +21,21 @@ from typing import Any
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from webiml.data.transforms import GpuAugment, restore_prediction
+from webiml.data.transforms import GpuAugment, restore_logits, restore_prediction
 from webiml.io import atomic_write_json
-from webiml.metrics import ImageMetrics, PixelMetrics, flatten_results
+from webiml.metrics import ImageMetrics, MIMLOfficialMetrics, PixelMetrics, flatten_results
 from webiml.models.base import IMLModel, IMLOutput
 from webiml.reports import metrics_once
 from webiml.tasks.base import BaseTask, export_checkpoint
 from webiml.tasks.losses import IMLLoss
 
-__all__ = ["IMLTask", "export_checkpoint", "load_pretrained_weights"]
+__all__ = ["THRESHOLD_POLICIES", "IMLTask", "export_checkpoint", "load_pretrained_weights"]
 
 log = logging.getLogger(__name__)
+
+
+THRESHOLD_POLICIES = ("fixed", "miml_adaptive")
+"""``threshold_policy`` values of :class:`IMLTask`."""
 
 
 class IMLTask(BaseTask):
@@ -51,6 +57,11 @@ class IMLTask(BaseTask):
             edge_loss_weight=20, edge_width=7``.
         gpu_augment: batch-level photometric augmentation run on the device during training.
         threshold: binarisation threshold of the fixed-threshold metrics.
+        threshold_policy: ``"fixed"`` (webiml's metrics only) or ``"miml_adaptive"``: also the APSC-Net
+            authors' scores (``miml_iou``, ``miml_precision``, ``miml_recall``, ``miml_f1``), each image
+            binarised at ``clamp(1 - image score, 0.3, 0.7)`` (:class:`~webiml.metrics.MIMLOfficialMetrics`).
+        fixed_threshold_sets: under ``"miml_adaptive"``, evaluation sets (by name, before any ``@degradation``
+            tag) scored at the fixed 0.5 instead: the authors do so for IMD2020 (a path containing ``/imd``).
         init_weights: start from a pretrained model (catalogue name, Hub id, folder or .safetensors): its
             weights are loaded strictly into ``net``; if ``net`` is omitted the pretrained model itself is used.
         freeze_encoder: keep the encoder's weights fixed (fine-tuning the decoder and heads only).
@@ -83,12 +94,16 @@ class IMLTask(BaseTask):
         edge_width: int = 7,
         gpu_augment: GpuAugment | None = None,
         threshold: float = 0.5,
+        threshold_policy: str = "fixed",
+        fixed_threshold_sets: tuple[str, ...] = ("imd2020",),
         init_weights: str | None = None,
         freeze_encoder: bool = False,
         on_nonfinite: str = "stop",
         loss: nn.Module | None = None,
     ) -> None:
         super().__init__()  # hyperparameters: the net (and gpu_augment, loss) stored as class_path configs
+        if threshold_policy not in THRESHOLD_POLICIES:
+            raise ValueError(f"threshold_policy must be one of {THRESHOLD_POLICIES}, got {threshold_policy!r}")
         self.net = self.build_net(net, init_weights, freeze_encoder)
         self.criterion = loss if loss is not None else IMLLoss(
             bce_weight, dice_weight, ohem_thresh, ohem_min_kept, image_loss_weight, aux_weights, pos_weight, edge_loss_weight, edge_width)
@@ -111,8 +126,22 @@ class IMLTask(BaseTask):
     # -- evaluation: per-eval-set metrics at original resolution --------------------------------
     def configure_metrics(self) -> MetricCollection:
         threshold = self.hparams.threshold
-        return MetricCollection({"pixel": PixelMetrics(threshold=threshold), "image": ImageMetrics(threshold=threshold)},
-                                compute_groups=False)
+        parts: dict[str, Any] = {"pixel": PixelMetrics(threshold=threshold), "image": ImageMetrics(threshold=threshold)}
+        if self.hparams.get("threshold_policy", "fixed") == "miml_adaptive":
+            parts["miml"] = MIMLOfficialMetrics()
+        return MetricCollection(parts, compute_groups=False)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.apply_fixed_threshold_sets()
+
+    def apply_fixed_threshold_sets(self) -> None:
+        """The authors' fixed-threshold sets (IMD2020): their scores binarise at 0.5 whatever the image score."""
+        fixed = {str(n).lower() for n in (self.hparams.get("fixed_threshold_sets") or ())}
+        for key, metrics in self.eval_metrics.items():
+            if "miml" in metrics:
+                name = key.split("__", 1)[-1].split("@", 1)[0].lower()
+                metrics["miml"].fixed_threshold = 0.5 if name in fixed else None
 
     def update_metrics(self, stage: str, metrics: MetricCollection, out: IMLOutput, batch: dict[str, Any],
                        parts: dict[str, Tensor]) -> None:
@@ -121,12 +150,24 @@ class IMLTask(BaseTask):
         targets = [t.to(self.device) for t in batch["mask_orig"]]
         metrics["pixel"].update(restored, targets)
         metrics["image"].update(out.image_probs().float(), batch["label"])
+        per_image = None
+        if "miml" in metrics:
+            # The authors' segmentor resizes the logits (no antialiasing), then takes probabilities.
+            official = [restore_logits(out.mask_logits[i], batch["valid_size"][i], batch["orig_size"][i]).sigmoid()
+                        for i in range(probs.shape[0])]
+            scores = None if out.image_logits is None else out.image_probs().float()
+            metrics["miml"].update(official, targets, scores)
+            if stage == "test":
+                per_image = metrics["miml"].per_image(official, targets, scores)
         if stage == "test":  # per-image results for the TestReport callback (webiml.callbacks)
             self.last_test_batch = {"probs": restored, "targets": targets, "scores": out.image_probs().float(),
-                                    "paths": batch.get("path")}
+                                    "paths": batch.get("path"), "miml": per_image}
 
     def compute_metrics(self, metrics: MetricCollection) -> dict[str, float]:
-        return flatten_results(metrics["pixel"].compute(), metrics["image"].compute(), prefix="")
+        results = flatten_results(metrics["pixel"].compute(), metrics["image"].compute(), prefix="")
+        if "miml" in metrics:
+            results.update({f"miml_{k}": float(v) for k, v in metrics["miml"].compute().items()})
+        return results
 
     def on_test_epoch_end(self) -> None:
         results = self._eval_epoch_end("test")

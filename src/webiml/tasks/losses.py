@@ -1,8 +1,13 @@
 """Losses for IML training, all aware of :data:`webiml.data.masks.IGNORE` pixels and per-sample weights.
 
 Mask logits are single-channel (manipulated vs authentic). Binary cross-entropy on one logit equals
-two-class softmax cross-entropy on the logit difference, so the MIML authors' 2-class OHEM
-cross-entropy maps onto :func:`ohem_bce` exactly.
+two-class softmax cross-entropy on the logit difference, so the APSC-Net authors' 2-class OHEM
+cross-entropy (``OhemCrossEntropy`` of qcf-568/MIML, from PIDNet) maps onto :func:`ohem_bce` exactly.
+
+Every mask output is compared with the target at the target's resolution: logits of a lower resolution
+(auxiliary outputs at stride 4) are upsampled bilinearly to the label size first, as mmseg's decode heads
+do (``BaseDecodeHead.losses``), so every labelled pixel is supervised, IGNORE pixels stay exact and OHEM
+selects among all of them.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from torch import Tensor, nn
 from webiml.data.masks import valid_pixels
 
 
-def _resize_target(target: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of a target so IGNORE and labels survive exactly."""
-    if target.shape[-2:] == size:
-        return target
-    return F.interpolate(target, size=size, mode="nearest")
+def _resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize (``align_corners=False``) of mask logits to the label size (mmseg's ``resize`` in
+    ``BaseDecodeHead.losses``); logits already at that size are returned as they are."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def masked_bce(logits: Tensor, target: Tensor, pos_weight: float = 1.0) -> Tensor:
@@ -85,29 +91,33 @@ def edge_bce(logits: Tensor, target: Tensor, width: int = 7) -> Tensor:
 
 
 def ohem_bce(logits: Tensor, target: Tensor, thresh: float = 0.7, min_kept: int = 100_000, sample_weight: Tensor | None = None) -> Tensor:
-    """Online hard example mining BCE over the batch (as mmseg's OHEM pixel sampler).
+    """Online hard example mining BCE over the batch, with the selection rule of the authors'
+    ``OhemCrossEntropy`` (qcf-568/MIML ``mmseg/models/losses/ohem_ce.py``).
 
-    Keeps supervised pixels whose probability of the true class is below ``thresh``; if fewer than
-    ``min_kept`` pixels qualify, the threshold is raised to the ``min_kept``-th smallest probability.
-    Returns the mean loss over kept pixels (weighted by ``sample_weight`` if given).
+    The supervised pixels of the whole batch are sorted by the probability of their true class ``p``; the
+    cut is ``max(p_sorted[min(min_kept, n - 1)], thresh)`` (0-based index) and the pixels with ``p < cut``
+    are kept: those below ``thresh``, or the ``min_kept`` least confident ones if fewer than ``min_kept``
+    are below it. Returns the mean loss over kept pixels (weighted by ``sample_weight`` if given; the
+    authors have no sample weights).
     """
     valid = valid_pixels(target)
     t = target.clamp(min=0)
     with torch.no_grad():
-        p = logits.sigmoid()
+        p = logits.detach().float().sigmoid()
         p_true = torch.where(t > 0.5, p, 1.0 - p)
         p_valid = p_true[valid]
-        if p_valid.numel() == 0:
+        n = p_valid.numel()
+        if n == 0:
             return logits.sum() * 0.0
-        k = min(min_kept, p_valid.numel())
-        kth = p_valid.kthvalue(k).values if k > 0 else p_valid.new_tensor(0.0)
+        # p_sorted[min(min_kept, n - 1)] (0-based) is the (that + 1)-th smallest value
+        kth = p_valid.kthvalue(min(int(min_kept), n - 1) + 1).values
         cut = torch.maximum(kth, p_valid.new_tensor(thresh))
-        keep = valid & (p_true <= cut)
+        keep = valid & (p_true < cut)
     loss = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-    w = keep.float()
+    w = keep.to(loss.dtype)
     if sample_weight is not None:
         w = w * sample_weight.view(-1, *([1] * (logits.ndim - 1)))
-    return (loss * w).sum() / keep.float().sum().clamp(min=1)
+    return (loss * w).sum() / keep.sum().clamp(min=1)
 
 
 class IMLLoss(nn.Module):
@@ -116,13 +126,21 @@ class IMLLoss(nn.Module):
     Args:
         bce_weight: weight of the pixel BCE term.
         dice_weight: weight of the Dice term.
-        ohem_thresh: if set, the BCE term uses OHEM with this probability threshold (MIML: 0.7).
-        ohem_min_kept: OHEM's minimum number of kept pixels per batch.
+        ohem_thresh: if set, the BCE term uses OHEM with this probability threshold (APSC-Net's
+            authors: 0.7).
+        ohem_min_kept: OHEM's minimum number of kept pixels per batch (the authors: 100000).
         image_weight: weight of the image-level BCE (ignored when the model has no image head).
-        aux_weights: weight of each auxiliary output (a single float applies to all; MIML: 0.5).
+        aux_weights: weight of each auxiliary output relative to the main one (a single float applies to
+            all; the APSC-Net authors: 1.0, every output weighted alike).
         pos_weight: weight of manipulated pixels in the (non-OHEM) BCE term.
         edge_weight: weight of the edge BCE term (:func:`edge_bce`; IML-ViT: 20 with ``dice_weight=0``); 0 = off.
         edge_width: side of the cross-shaped kernel that draws the edge band (IML-ViT: 7).
+
+    The total is ``M(main) + sum_k aux_k * M(aux k) + image_weight * BCE(image)`` with
+    ``M = bce_weight * BCE + dice_weight * Dice``: auxiliary weights are relative to the main term. The
+    APSC-Net authors' decode head halves every term, the main one included (``BaseDecodeHead.losses``
+    divides each loss by 2.0), and has no Dice or image term: that is ``bce_weight=0.5, aux_weights=1.0,
+    dice_weight=0, image_weight=0`` here.
     """
 
     def __init__(
@@ -147,7 +165,7 @@ class IMLLoss(nn.Module):
         self.image_weight, self.aux_weights = image_weight, aux_weights
 
     def mask_loss(self, logits: Tensor, target: Tensor, sample_weight: Tensor) -> Tensor:
-        target = _resize_target(target, tuple(logits.shape[-2:]))
+        logits = _resize_logits(logits, tuple(target.shape[-2:]))
         total = logits.new_zeros(())
         if self.bce_weight:
             if self.ohem_thresh is not None:
@@ -203,7 +221,7 @@ def squared_dice(logits: Tensor, target: Tensor, sample_weight: Tensor | None = 
     return 1.0 - (2.0 * (w * p * y).sum() + smooth) / ((w * p * p).sum() + (w * y * y).sum() + smooth)
 
 
-def edge_band(target: Tensor, width: int = 7) -> Tensor:
+def square_edge_band(target: Tensor, width: int = 7) -> Tensor:
     """Boundary band of a target's manipulated region: dilation minus erosion with a ``width`` x ``width``
     square (float 0 / 1, IGNORE pixels counted as authentic)."""
     pos = (target > 0.5).float()
@@ -219,7 +237,7 @@ class MVSSLoss(nn.Module):
 
     - ``L_seg``: :func:`squared_dice` of the segmentation map against the mask (pixel scale);
     - ``L_edge``: :func:`squared_dice` of the edge branch's logits (``output.edge_logits``, stride 4, from
-      :class:`webiml.models.mvss_net.MVSSNet`) against the mask's :func:`edge_band` (``edge_width`` pixels at
+      :class:`webiml.models.mvss_net.MVSSNet`) against the mask's :func:`square_edge_band` (``edge_width`` pixels at
       the target's resolution), max-pooled onto the edge map's grid (a cell is an edge if any of its pixels is);
     - ``L_clf``: binary cross-entropy of the image score, the global max of the probability map (GMP), against
       the image label (derived from the mask when the batch has none).
@@ -249,7 +267,7 @@ class MVSSLoss(nn.Module):
         mask = _resize_target(target, tuple(output.mask_logits.shape[-2:]))
         parts = {"loss_mask": self.seg_weight * squared_dice(output.mask_logits, mask, sample_weight, self.smooth)}
         size = tuple(edge_logits.shape[-2:])
-        edge = F.adaptive_max_pool2d(edge_band(target, self.edge_width), size)
+        edge = F.adaptive_max_pool2d(square_edge_band(target, self.edge_width), size)
         valid = F.adaptive_max_pool2d(valid_pixels(target).float(), size)
         edge_target = torch.where(valid > 0, edge, torch.full_like(edge, -1.0))
         parts["loss_edge"] = self.edge_weight * squared_dice(edge_logits, edge_target, sample_weight, self.smooth)

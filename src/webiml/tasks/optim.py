@@ -29,6 +29,26 @@ def encoder_layer_id(name: str, num_layers: int) -> int:
     return min(int(m.group(1)) + 1, num_layers - 1)
 
 
+def _encoder_scales(named: list[tuple[str, nn.Parameter]], enc: str, layer_decay: float) -> dict[str, float]:
+    """Generic layer decay over the encoder: depth ``i`` of ``L`` gets ``decay ** (L - i)``. Encoder
+    parameters without a stage index are the stem (depth 0) when they come before the first staged one,
+    and top-level parts (output norms, e.g. ``norm0..3`` of APSC-Net's backbone) with ``lr_scale = 1``
+    when they come after it, as mmseg's ConvNeXt rule treats the backbone's output norms."""
+    enc_params = [n for n, _ in named if n.startswith(enc)]
+    staged = [n for n in enc_params if _STAGE.search(n[len(enc):]) is not None]
+    if not staged:
+        return {}
+    depth = max(encoder_layer_id(n[len(enc):], 10_000) for n in staged) + 1
+    first = enc_params.index(staged[0])
+    scales = {}
+    for i, n in enumerate(enc_params):
+        if _STAGE.search(n[len(enc):]) is None and i > first:
+            scales[n] = 1.0
+        else:
+            scales[n] = layer_decay ** (depth - encoder_layer_id(n[len(enc):], depth))
+    return scales
+
+
 def param_groups(
     model: nn.Module,
     weight_decay: float,
@@ -37,25 +57,30 @@ def param_groups(
 ) -> list[dict]:
     """Parameter groups for AdamW.
 
-    No weight decay on biases and normalisation weights (1-D tensors). With ``layer_decay`` (e.g. 0.9,
-    as the MIML recipe), encoder parameters at depth ``i`` of ``L`` get ``lr_scale = decay ** (L - i)``;
-    everything outside the encoder (decoder, heads) keeps ``lr_scale = 1``. The encoder is the first
-    submodule whose own name is one of ``encoder_names`` (``encoder`` for smp / Web-IML, ``backbone`` for
-    APSC-Net, whose module names follow the official checkpoint).
+    No weight decay on biases and normalisation weights (1-D tensors), as mmcv's optimizer constructors.
+    With ``layer_decay`` (e.g. 0.9):
+
+    - a model with a ``layer_decay_ids()`` method (APSC-Net: the official stage-wise ConvNeXt ids) gives
+      each parameter name a layer id ``i`` of ``L`` layers: ``lr_scale = decay ** (L - 1 - i)``;
+    - otherwise encoder parameters at depth ``i`` of ``L`` get ``lr_scale = decay ** (L - i)``
+      (see :func:`_encoder_scales`) and everything outside the encoder (decoder, heads) keeps
+      ``lr_scale = 1``. The encoder is the first submodule whose own name is one of ``encoder_names``
+      (``encoder`` for smp / Web-IML, ``backbone`` for APSC-Net-like models).
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    enc_names = [n for n, _ in model.named_modules() if n.split(".")[-1] in encoder_names]
-    enc = enc_names[0] + "." if enc_names else None
-    depth = 0
-    if layer_decay is not None and enc is not None:
-        depth = max((encoder_layer_id(n[len(enc):], 10_000) for n, _ in named if n.startswith(enc)), default=0) + 1
+    scales: dict[str, float] = {}
+    hook = getattr(model, "layer_decay_ids", None)
+    if layer_decay is not None and callable(hook):
+        ids, num_layers = hook()
+        scales = {n: layer_decay ** (num_layers - 1 - ids[n]) for n, _ in named}
+    elif layer_decay is not None:
+        enc_names = [n for n, _ in model.named_modules() if n.split(".")[-1] in encoder_names]
+        if enc_names:
+            scales = _encoder_scales(named, enc_names[0] + ".", layer_decay)
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in named:
         wd = 0.0 if p.ndim <= 1 or name.endswith(".bias") else weight_decay
-        scale = 1.0
-        if layer_decay is not None and enc is not None and name.startswith(enc):
-            scale = layer_decay ** (depth - encoder_layer_id(name[len(enc):], depth))
-        groups.setdefault((wd, scale), []).append(p)
+        groups.setdefault((wd, scales.get(name, 1.0)), []).append(p)
     return [{"params": ps, "weight_decay": wd, "lr_scale": s} for (wd, s), ps in groups.items()]
 
 

@@ -9,9 +9,9 @@ Assumed layout (same convention as MIML v1; one folder or several parts)::
                               (``qes.json`` {name: qes} and ``*.jsonl`` rows are read too)
 
 Masks are kept as they are, with ``ignore_band: [7, 193]``. When a QES file is present, every record gets
-an extra ``qes`` key and (option ``qes_weight``, default on) ``weight = qes`` clipped to [0, 1], so
-better-annotated samples weigh more in the loss; ``min_qes`` drops annotations at or below a score (the
-authors keep QES > 0.5).
+an extra ``qes`` key; ``min_qes`` drops annotations at or below a score (the authors keep QES > 0.5 and
+train on the kept ones alike). Option ``qes_weight`` (webiml's own, default off) also sets ``weight = qes``
+clipped to [0, 1], so that better-annotated samples weigh more in the loss.
 
 Options: ``band``, ``qes_weight`` (true/false), ``min_qes`` (float), ``qes_file`` (explicit path).
 """
@@ -57,9 +57,9 @@ def read_qes(path: Path) -> dict[str, float]:
 class MIMLv2Source(Source):
     name = "mimlv2"
     title = "MIMLv2 (web-scale CAAAv2 annotations), soft labels + optional QES weights"
-    masks = "soft 0..255 kept as is; ignore band [7, 193]; weight from QES if a QES file exists"
+    masks = "soft 0..255 kept as is; ignore band [7, 193]; weight from QES only with qes_weight=true (webiml's option)"
     options = {"band": "ignore band 'low,high' (default 7,193) or 'none'",
-               "qes_weight": "weight = QES when a QES file exists (default true)",
+               "qes_weight": "webiml's option: weight = QES when a QES file exists (default false: every kept sample weighs 1, as the authors)",
                "min_qes": "drop annotations with QES <= this value",
                "qes_file": "path of the QES file (default: qes.csv/qes.json/*qes*.jsonl under ROOT)"}
 
@@ -82,7 +82,7 @@ class MIMLv2Source(Source):
             raise FileNotFoundError(f"{root}: no imgs/ folder")
         qes_path = self._qes_file(root)
         qes = read_qes(qes_path) if qes_path else {}
-        use_weight = self.flag("qes_weight", True)
+        use_weight = self.flag("qes_weight", False)
         min_qes = float(self.option("min_qes")) if self.option("min_qes") not in (None, "") else None
         dropped = 0
         for folder in folders:

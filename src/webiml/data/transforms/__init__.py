@@ -41,26 +41,44 @@ from webiml.data.transforms.degradations import (
     resize_down_up,
 )
 from webiml.data.transforms.evaluation import (
+    MIMLOfficialResize,
     NativeRescale,
     PadToMultiple,
     RecordOriginal,
     make_eval_transform,
+    miml_official_size,
     native_size,
+    restore_logits,
     restore_prediction,
 )
-from webiml.data.transforms.sample import RandomCropPad, RandomFlip, RandomScale, Resize, make_train_transform
+from webiml.data.transforms.sample import (
+    BySource,
+    RandomAbsoluteResize,
+    RandomCropPad,
+    RandomFlip,
+    RandomRGBShift,
+    RandomRot90,
+    RandomScale,
+    Resize,
+    make_train_transform,
+)
 
 __all__ = [
+    "BySource",
     "Compose",
     "Degrade",
     "GpuAugment",
+    "MIMLOfficialResize",
     "NativeRescale",
     "PadToMultiple",
+    "RandomAbsoluteResize",
     "RandomCropPad",
     "RandomFlip",
     "RandomGaussianBlur",
     "RandomJpeg",
+    "RandomRGBShift",
     "RandomResize",
+    "RandomRot90",
     "RandomScale",
     "RecordOriginal",
     "Resize",
@@ -73,7 +91,9 @@ __all__ = [
     "jpeg",
     "make_eval_transform",
     "make_train_transform",
+    "miml_official_size",
     "native_size",
     "resize_down_up",
+    "restore_logits",
     "restore_prediction",
 ]

@@ -1,10 +1,14 @@
-"""Evaluation policies (fixed size or native size, padded) and :func:`restore_prediction`, which maps a
-prediction back to the original image."""
+"""Evaluation policies (fixed size, native size padded, or the APSC-Net authors' area rule) and
+:func:`restore_prediction` / :func:`restore_logits`, which map a prediction back to the original image."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as TF
+import torchvision.transforms.v2.functional as F
+from torchvision.transforms import InterpolationMode
 
 from webiml.data.masks import IGNORE
 from webiml.data.transforms._base import (
@@ -48,6 +52,69 @@ class NativeRescale(_Repr):
         return _resize_pair(sample, native_size(h, w, self.max_side, self.min_side))
 
 
+MIML_LARGE_AREA = 1536 * 1536
+"""Images of at least this many pixels are squashed to :data:`MIML_LARGE_SIZE` by the authors' test resize."""
+MIML_LARGE_SIZE = 976
+MIML_SMALL_AREA = 512 * 512
+"""JPEG files of at most this many pixels are squashed to :data:`MIML_SMALL_SIZE` by the authors' test resize."""
+MIML_SMALL_SIZE = 512
+
+
+def imghdr_jpeg(header: bytes) -> bool:
+    """Whether Python's ``imghdr.what`` calls a file with these first bytes ``'jpeg'`` (the test the APSC-Net
+    authors' resize uses; ``imghdr`` left the standard library in Python 3.13): ``JFIF`` or ``Exif`` at
+    bytes 6..9, or a file starting ``FF D8 FF DB``. A JPEG that starts with another marker (e.g. an Adobe or
+    ICC APP segment first) is *not* a JPEG to this test."""
+    return header[6:10] in (b"JFIF", b"Exif") or header[:4] == b"\xff\xd8\xff\xdb"
+
+
+def file_is_imghdr_jpeg(path: str | os.PathLike[str] | None) -> bool:
+    """:func:`imghdr_jpeg` of a file's first 32 bytes (``False`` without a path or for an unreadable file)."""
+    if not path:
+        return False
+    try:
+        with open(path, "rb") as f:
+            return imghdr_jpeg(f.read(32))
+    except OSError:
+        return False
+
+
+def miml_official_size(h: int, w: int, is_jpeg: bool) -> tuple[int, int]:
+    """Test-time size of the APSC-Net authors' inference scripts (qcf-568/MIML ``models for IML``, the
+    ``RESIZE`` step of ``test_pipeline`` with ``keep_ratio=False``), from the image area ``a = h * w``:
+
+    - ``a >= 1536 * 1536``: squashed to 976 x 976 (aspect ratio not kept);
+    - otherwise, a JPEG file (:func:`imghdr_jpeg`) with ``a <= 512 * 512``: squashed to 512 x 512;
+    - otherwise the native size.
+    """
+    a = h * w
+    if a >= MIML_LARGE_AREA:
+        return MIML_LARGE_SIZE, MIML_LARGE_SIZE
+    if is_jpeg and a <= MIML_SMALL_AREA:
+        return MIML_SMALL_SIZE, MIML_SMALL_SIZE
+    return h, w
+
+
+class MIMLOfficialResize(_Repr):
+    """Resize to :func:`miml_official_size`; whether the image is a JPEG is read from the header of
+    ``sample["path"]`` (no path: not a JPEG). The image is resampled bilinearly without antialiasing (as
+    OpenCV's ``INTER_LINEAR`` in ``mmcv.imresize``; values may differ from OpenCV's fixed-point arithmetic by
+    one grey level), the mask with ``NEAREST_EXACT`` (scoring uses the untouched ``mask_orig``)."""
+
+    def __call__(self, sample: Sample) -> Sample:
+        out = dict(sample)
+        image = sample["image"]
+        _check_image(image)
+        h, w = image.shape[-2:]
+        size = miml_official_size(h, w, file_is_imghdr_jpeg(sample.get("path")))
+        if size == (h, w):
+            return out
+        out["image"] = F.resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=False)
+        if sample.get("mask") is not None:
+            out["mask"] = F.resize(sample["mask"], list(size), interpolation=InterpolationMode.NEAREST_EXACT)
+        return out
+
+
 class PadToMultiple(_Repr):
     """Pad bottom/right to multiples of ``divisor`` (image 0, mask IGNORE) and set ``sample["valid_size"]``
     to the size before padding (LongTensor [h, w]). ``divisor=1`` only records the size."""
@@ -89,14 +156,21 @@ def make_eval_transform(policy: str, size: int = 512, max_side: int = 2048, min_
     - ``"fixed"``: resize to (``size``, ``size``).
     - ``"native"``: keep the native size within [``min_side``, ``max_side``] (:func:`native_size`), then pad
       bottom/right to multiples of 32.
+    - ``"miml_official"``: the APSC-Net authors' test resize (:class:`MIMLOfficialResize`, by area and file
+      type), no padding (the model pads if it must; APSC-Net does not).
 
-    Map predictions back with :func:`restore_prediction`.
+    Map predictions back with :func:`restore_prediction` (or :func:`restore_logits`).
     """
     if policy == "fixed":
         return Compose([RecordOriginal(), Resize(size), PadToMultiple(1)])
     if policy == "native":
         return Compose([RecordOriginal(), NativeRescale(max_side, min_side), PadToMultiple(32)])
-    raise ValueError(f"unknown evaluation policy {policy!r}; expected 'fixed' or 'native'")
+    if policy == "miml_official":
+        return Compose([RecordOriginal(), MIMLOfficialResize(), PadToMultiple(1)])
+    raise ValueError(f"unknown evaluation policy {policy!r}; expected 'fixed', 'native' or 'miml_official'")
+
+
+EVAL_POLICIES = ("fixed", "native", "miml_official")
 
 
 def restore_prediction(pred: torch.Tensor, valid_size: SizeLike, orig_size: SizeLike) -> torch.Tensor:
@@ -112,4 +186,19 @@ def restore_prediction(pred: torch.Tensor, valid_size: SizeLike, orig_size: Size
         return x
     x = x.reshape(1, -1, vh, vw)
     x = TF.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False, antialias=(oh < vh or ow < vw))
+    return x.reshape(*lead, oh, ow)
+
+
+def restore_logits(logits: torch.Tensor, valid_size: SizeLike, orig_size: SizeLike) -> torch.Tensor:
+    """Map per-sample logits (…, h, w) back to the original image as the APSC-Net authors' segmentor does
+    (``whole_inference`` with ``rescale=True``): crop to ``valid_size``, then plain bilinear resizing
+    (``align_corners=False``, no antialiasing) of the *logits* to ``orig_size``; the probabilities are taken
+    after that. Returns float."""
+    vh, vw = _pair(valid_size)
+    oh, ow = _pair(orig_size)
+    lead = logits.shape[:-2]
+    x = logits[..., :vh, :vw].float()
+    if (vh, vw) == (oh, ow):
+        return x
+    x = TF.interpolate(x.reshape(1, -1, vh, vw), size=(oh, ow), mode="bilinear", align_corners=False)
     return x.reshape(*lead, oh, ow)

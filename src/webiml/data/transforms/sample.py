@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+import torch
+import torchvision.transforms.v2.functional as F
+from torchvision.transforms import InterpolationMode
 
 from webiml.data.masks import IGNORE
 from webiml.data.transforms._base import (
     Compose,
     Sample,
     _check_image,
+    _check_uint8,
     _coin,
     _pad_bottom_right,
     _pair,
@@ -35,6 +40,32 @@ class RandomScale(_Repr):
         s = _uniform(self.min_scale, self.max_scale)
         h, w = sample["image"].shape[-2:]
         return _resize_pair(sample, (_scaled(h, s), _scaled(w, s)))
+
+
+class RandomAbsoluteResize(_Repr):
+    """Resize image and mask to ``(h, w)`` with ``h`` and ``w`` drawn independently and uniformly from the
+    integers ``[min_size, max_size]``: the aspect ratio is not kept.
+
+    This is the APSC-Net authors' training resize (mmseg ``Resize(img_scale=[(512, 512), (768, 768)],
+    multiscale_mode='range', keep_ratio=False)``: a long edge and a short edge drawn independently from
+    512..768, used as width and height). The image is resampled bilinearly *without* antialiasing, as
+    OpenCV's ``INTER_LINEAR`` there; the mask with ``NEAREST_EXACT`` (half-pixel centres, aligned with the
+    bilinear image; OpenCV's ``INTER_NEAREST`` floors, up to one pixel off).
+    """
+
+    def __init__(self, min_size: int = 512, max_size: int = 768) -> None:
+        if not 0 < min_size <= max_size:
+            raise ValueError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
+        self.min_size, self.max_size = int(min_size), int(max_size)
+
+    def __call__(self, sample: Sample) -> Sample:
+        out = dict(sample)
+        _check_image(sample["image"])
+        size = [_randint(self.min_size, self.max_size), _randint(self.min_size, self.max_size)]
+        out["image"] = F.resize(sample["image"], size, interpolation=InterpolationMode.BILINEAR, antialias=False)
+        if sample.get("mask") is not None:
+            out["mask"] = F.resize(sample["mask"], size, interpolation=InterpolationMode.NEAREST_EXACT)
+        return out
 
 
 class RandomCropPad(_Repr):
@@ -94,6 +125,58 @@ class RandomFlip(_Repr):
         return out
 
 
+class RandomRot90(_Repr):
+    """With probability ``p``, rotate image and mask by ``k`` quarter turns, ``k`` uniform in {0, 1, 2, 3}
+    (albumentations' ``RandomRotate90``, as the APSC-Net authors use it: ``k = 0`` is possible, so a
+    rotation other than none happens with probability ``0.75 p``)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, sample: Sample) -> Sample:
+        out = dict(sample)
+        if not _coin(self.p):
+            return out
+        k = _randint(0, 3)
+        if k:
+            out["image"] = torch.rot90(sample["image"], k, dims=(-2, -1)).contiguous()
+            if sample.get("mask") is not None:
+                out["mask"] = torch.rot90(sample["mask"], k, dims=(-2, -1)).contiguous()
+        return out
+
+
+class RandomRGBShift(_Repr):
+    """With probability ``p``, add to each channel a shift drawn uniformly from ``[-limit, limit]`` (0..255
+    units), clip to 0..255 and truncate to ``uint8``: albumentations' ``RGBShift`` (default limits 20), as
+    the APSC-Net authors use it. The mask is untouched."""
+
+    def __init__(self, p: float = 0.3, limit: float = 20.0) -> None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self.p, self.limit = p, float(limit)
+
+    def __call__(self, sample: Sample) -> Sample:
+        out = dict(sample)
+        if not _coin(self.p):
+            return out
+        image = sample["image"]
+        _check_uint8(image)
+        shift = (torch.rand(image.shape[0], 1, 1) * 2 - 1) * self.limit
+        out["image"] = (image.float() + shift.to(image.device)).clamp_(0, 255).to(torch.uint8)
+        return out
+
+
+class BySource(_Repr):
+    """Apply ``transforms[sample["source"]]`` when the sample's source has its own pipeline, else
+    ``default`` (e.g. the Object Jitter set without the photometric augmentation of the others)."""
+
+    def __init__(self, default: Callable[[Sample], Sample], transforms: Mapping[str, Callable[[Sample], Sample]]) -> None:
+        self.default, self.transforms = default, dict(transforms)
+
+    def __call__(self, sample: Sample) -> Sample:
+        return self.transforms.get(sample.get("source"), self.default)(sample)
+
+
 class Resize(_Repr):
     """Resize image (bilinear, antialias) and mask (nearest) to a fixed ``size``; an int means a square."""
 
@@ -114,22 +197,40 @@ def make_train_transform(
     crop_bias: float = 0.5,
     resize_p: float = 0.0,
     vflip: float = 0.0,
+    resize_range: tuple[int, int] | None = None,
+    rot90_p: float = 0.0,
+    rgb_shift_p: float = 0.0,
+    rgb_shift_limit: float = 20.0,
+    geometry_only: bool = False,
 ) -> Compose:
-    """Training pipeline: scale -> crop/pad to ``crop_size`` -> flip -> resize/blur degradations -> JPEG.
+    """Training pipeline: resize -> crop/pad to ``crop_size`` -> flips -> rot90 -> resize/blur degradations
+    -> JPEG -> RGB shift.
 
-    JPEG comes last, as in a real re-upload (its 8x8 grid then matches the network input). Degradations
-    with probability 0 are left out.
+    The resize is relative (:class:`RandomScale` by a factor from ``scale``) or, with ``resize_range``,
+    absolute (:class:`RandomAbsoluteResize`: each side to a random size in that range, aspect not kept, the
+    APSC-Net authors' resize). JPEG comes after the geometric steps, as in a real re-upload (its 8x8 grid then
+    matches the network input); the RGB shift after it, as in the authors' albumentations list
+    (``RandomRotate90``, ``ImageCompression``, ``RGBShift``). Steps with probability 0 are left out.
+    ``geometry_only``: only the resize and the crop (the authors' pipeline of their Object Jitter set).
     """
     ts: list[Callable[[Sample], Sample]] = []
-    if scale != (1.0, 1.0):
+    if resize_range is not None:
+        ts.append(RandomAbsoluteResize(*resize_range))
+    elif scale != (1.0, 1.0):
         ts.append(RandomScale(*scale))
     ts.append(RandomCropPad(crop_size, crop_bias=crop_bias))
+    if geometry_only:
+        return Compose(ts)
     if hflip > 0 or vflip > 0:
         ts.append(RandomFlip(hflip, vflip))
+    if rot90_p > 0:
+        ts.append(RandomRot90(rot90_p))
     if resize_p > 0:
         ts.append(RandomResize(resize_p))
     if blur_p > 0:
         ts.append(RandomGaussianBlur(blur_p))
     if jpeg_p > 0:
         ts.append(RandomJpeg(jpeg_p, jpeg_quality))
+    if rgb_shift_p > 0:
+        ts.append(RandomRGBShift(rgb_shift_p, rgb_shift_limit))
     return Compose(ts)
