@@ -15,7 +15,7 @@ from webiml.cli import main
 
 
 def _write(path: Path, obj: object) -> Path:
-    path.write_text(yaml.safe_dump(obj))
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
     return path
 
 

@@ -44,8 +44,6 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                "webiml.convert.trufor:convert_trufor"),
     "mvss-net": ("MVSS-Net (ICCV 2021) state dict from dong03/MVSS-Net, e.g. mvssnet_casia.pt",
                  "webiml.convert.mvss_net:convert_mvss_net"),
-    "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
-                     "webiml.convert.noiseprint:convert_noiseprint_pp"),
     "pscc-net": ("PSCC-Net (TCSVT 2022) from proteus1991/PSCC-Net: the checkpoint/ folder holding HRNet.pth, NLCDetection.pth, "
                  "DetectionHead.pth (or the three files, comma-separated)",
                  "webiml.convert.pscc_net:convert_pscc_net"),

@@ -19,6 +19,13 @@ from torch import Tensor, nn
 from webiml.data.masks import valid_pixels
 
 
+def _resize_target(target: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of a target so IGNORE and labels survive exactly (MVSSLoss: the map's own size)."""
+    if target.shape[-2:] == size:
+        return target
+    return F.interpolate(target, size=size, mode="nearest")
+
+
 def _resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize (``align_corners=False``) of mask logits to the label size (mmseg's ``resize`` in
     ``BaseDecodeHead.losses``); logits already at that size are returned as they are."""
