@@ -63,9 +63,12 @@ def make_dncnn(in_channels: int = 3, out_channels: int = 1, depth: int = 17, fea
     return nn.Sequential(*layers)
 
 
-def gray_from_normalized(x: Tensor) -> Tensor:
-    """(B, H, W) luminance ``0.299 R + 0.587 G + 0.114 B`` of a ``uint8 / 256`` batch (GRIP's ``imread2f``)."""
-    return 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+def grip_gray(pixels: Tensor) -> Tensor:
+    """(B, H, W) grey image of GRIP's ``imread2f(channel=1)`` from (B, 3, H, W) pixel values on the 0..255
+    scale: ``(0.299 R + 0.587 G + 0.114 B) / 256`` in float32, in the authors' order of operations (the
+    Noiseprint input and the saturation test of the blind EM)."""
+    p = pixels.float()
+    return (0.299 * p[:, 0] + 0.587 * p[:, 1] + 0.114 * p[:, 2]) / 256.0
 
 
 class BlindNoiseModel(IMLModel):
@@ -77,6 +80,25 @@ class BlindNoiseModel(IMLModel):
         "A camera-trace (noise residual) forensic model ported to [webiml]({repo_url}): the network extracts a\n"
         "noise residual and a blind Gaussian-mixture EM turns it into a per-pixel map of inconsistent regions.")
 
+    def _grip_statistics(self) -> bool:
+        """Whether the input statistics are the default ones that map ``uint8`` to ``uint8 / 256``."""
+        return bool((self.input_mean == 0).all()) and bool((self.input_std == 256.0 / 255.0).all())
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """As :meth:`IMLModel.normalize`, but ``uint8`` images with the default statistics become exactly
+        ``uint8 / 256`` (the GRIP loaders): the DnCNNs amplify a one-ulp input difference to ~1e-4."""
+        if images.dtype == torch.uint8 and self._grip_statistics():
+            x = images.float() / 256.0
+            return (x if x.ndim == 4 else x[None]).to(self.input_mean.device)
+        return super().normalize(images)
+
+    def pixels_255(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) pixel values on the 0..255 scale of a normalised batch (exactly the ``uint8`` values for
+        ``uint8`` input under the default statistics)."""
+        if self._grip_statistics():
+            return x * 256.0
+        return (x * self.input_std.to(x.device) + self.input_mean.to(x.device)) * 255.0
+
     def residual(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """(B, 1, H, W) noise residual of a normalised batch."""
         raise NotImplementedError
@@ -87,7 +109,7 @@ class BlindNoiseModel(IMLModel):
 
     def forward_padded(self, x: Tensor) -> IMLOutput:
         res = self.blind_input(self.residual(x))
-        gray = gray_from_normalized(x * self.input_std.to(x.device) + self.input_mean.to(x.device))
+        gray = grip_gray(self.pixels_255(x))
         res_np = res[:, 0].detach().float().cpu().numpy()
         gray_np = gray.detach().float().cpu().numpy()
         maps = []
@@ -117,14 +139,6 @@ class NoiseprintPP(BlindNoiseModel):
         self.residual_std = float(residual_std)
         self.dncnn = make_dncnn(3, 1, depth=17, features=64)
 
-    def normalize(self, images: Tensor) -> Tensor:
-        """As :meth:`IMLModel.normalize`, but ``uint8`` images with the default statistics become exactly
-        ``uint8 / 256`` (TruFor's loaders): the DnCNN amplifies a one-ulp input difference to ~1e-4."""
-        if images.dtype == torch.uint8 and bool((self.input_mean == 0).all()) and bool((self.input_std == 256.0 / 255.0).all()):
-            x = images.float() / 256.0
-            return (x if x.ndim == 4 else x[None]).to(self.input_mean.device)
-        return super().normalize(images)
-
     def residual(self, x: Tensor) -> Tensor:
         return self.dncnn(x)
 
@@ -141,4 +155,4 @@ class NoiseprintPP(BlindNoiseModel):
         return ((res.double() - mu) / sd * self.residual_std + self.residual_mean).to(res.dtype)
 
 
-__all__ = ["BlindNoiseModel", "NoiseprintPP", "gray_from_normalized", "make_dncnn"]
+__all__ = ["BlindNoiseModel", "NoiseprintPP", "grip_gray", "make_dncnn"]
