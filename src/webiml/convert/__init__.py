@@ -23,6 +23,9 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                      "webiml.convert.adaptive_cfa:convert_adaptive_cfa"),
     "apsc-net": ("APSC-Net (CVPR 2024) mmcv checkpoint from qcf-568/MIML, e.g. APSC-Net.pth",
                  "webiml.convert.apsc_net:convert_apsc_net"),
+    "noiseprint": ("Noiseprint (TIFS 2020), all qualities: grip-unina/noiseprint noiseprint/nets (TF1 net_jpgQQ checkpoints, read "
+                   "without TensorFlow) or noiseprint-pytorch pretrained_weights (model_qfQQ.pth)",
+                   "webiml.convert.noiseprint:convert_noiseprint"),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      "webiml.convert.noiseprint:convert_noiseprint_pp"),
 }
@@ -48,6 +51,7 @@ _REEXPORTS: dict[str, str] = {
     "infer_apsc_config": "webiml.convert.apsc_net",
     "webiml_key_to_apsc": "webiml.convert.apsc_net",
     "webiml_to_apsc_official": "webiml.convert.apsc_net",
+    "convert_noiseprint": "webiml.convert.noiseprint",
     "convert_noiseprint_pp": "webiml.convert.noiseprint",
     "noiseprint_pp_official_to_webiml": "webiml.convert.noiseprint",
 }

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from webiml.models.apsc_net import APSCNet
     from webiml.models.baselines import SmpIML
     from webiml.models.caaa import PairClassifier, SDGSegmenter, SPGSegmenter
-    from webiml.models.noiseprint import NoiseprintPP
+    from webiml.models.noiseprint import Noiseprint, NoiseprintPP
     from webiml.models.web_iml import WebIML, web_iml_base, web_iml_small, web_iml_tiny
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "SPGSegmenter",
     "IMLModel",
     "IMLOutput",
+    "Noiseprint",
     "NoiseprintPP",
     "SmpIML",
     "create_model",

@@ -43,6 +43,7 @@ BUILTIN_MODULES: dict[str, str] = {
     "APSCNet": "webiml.models.apsc_net",
     "apsc_net_base": "webiml.models.apsc_net",
     "apsc_net_tiny": "webiml.models.apsc_net",
+    "Noiseprint": "webiml.models.noiseprint",
     "NoiseprintPP": "webiml.models.noiseprint",
     "PairClassifier": "webiml.models.caaa",
     "SDGSegmenter": "webiml.models.caaa",
