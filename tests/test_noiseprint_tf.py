@@ -25,7 +25,7 @@ from webiml.convert import ConversionError
 from webiml.convert.noiseprint import convert_noiseprint, noiseprint_port_to_webiml, noiseprint_tf_to_webiml
 from webiml.convert.tf_bundle import crc32c, list_tensors, read_tensor_bundle, write_tensor_bundle
 from webiml.models import noiseprint as npm
-from webiml.models.noiseprint import Noiseprint, grip_gray, jpeg_quality, quality_from_table
+from webiml.models.noiseprint import Noiseprint, NoiseprintPP, grip_gray, jpeg_quality, quality_from_table
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KEYS = json.loads((FIXTURES / "noiseprint_keys.json").read_text())
@@ -136,6 +136,8 @@ def test_convert_tf_nets_folder_matches_the_official_network(tmp_path: Path, cap
     x = model.normalize(u8)
     gray = ((0.299 * u8[0].float() + 0.587 * u8[1].float()) + 0.114 * u8[2].float()) / 256.0  # imread2f, float32
     assert torch.equal(grip_gray(model.pixels_255(x))[0], gray)
+    pp = NoiseprintPP()  # the blind EM of both models sees the grey image on the authors' scale (luminance / 256)
+    assert torch.equal(pp.pixels_255(pp.normalize(u8)), u8.float()[None])
     with torch.no_grad():
         for q in (75, 101):
             torch.testing.assert_close(model.noiseprint(x, quality=q), _reference(official[q], gray[None, None]), rtol=0, atol=2e-5)
@@ -203,7 +205,13 @@ def test_quality_of_other_files(tmp_path: Path) -> None:
         jpeg_quality(tmp_path / "bad.jpg")
     assert quality_from_table(np.ones(64)) == 100
     assert quality_from_table(npm.IJG_LUMINANCE) == 50
-    assert quality_from_table(np.clip(np.floor((npm.IJG_LUMINANCE * 5000 / 30 + 50) / 100), 1, 255)) == 30
+    # below 50 upstream's rule is one above the saving quality (IJG's integer scale 5000 // q); webiml keeps the
+    # rule, and every estimate below 51 uses the quality-51 network
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=30)
+    buf.seek(0)
+    assert jpeg_quality(buf) == 31
+    assert Noiseprint(qualities=[51, 101]).network_quality(31) == 51
 
 
 def test_predict_file_uses_the_file_quality(tmp_path: Path) -> None:

@@ -210,7 +210,9 @@ def quality_from_table(table: np.ndarray | Sequence[int]) -> int:
     row-major order), by the rule of the authors' ``jpeg_qtableinv``: every entry ``h`` bounds the scale
     ``s / 100`` of the standard table ``t`` to ``[(2h - 1) / 2t, (2h + 1) / 2t]`` (IJG rounds ``t * s / 100``),
     entries equal to 1 give no upper bound; from the tightest bounds the quality follows as the IJG
-    mapping inverted (``s = 5000 / q`` below 50, ``200 - 2q`` above). All-ones tables are quality 100."""
+    mapping inverted (``s = 5000 / q`` below 50, ``200 - 2q`` above). All-ones tables are quality 100. For
+    libjpeg's tables this gives the saving quality from 50 to 100 and one more below 50 (IJG scales by the
+    integer ``5000 // q``), as upstream; equal to upstream's ``jpeg_qtableinv`` on libjpeg's qualities 1..100."""
     h = np.asarray(table, dtype=np.float64).reshape(8, 8)
     if np.all(h <= 1):  # all ones (a table of zeros is not valid JPEG; upstream fails on it)
         return 100
