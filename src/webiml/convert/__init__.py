@@ -38,6 +38,9 @@ CONVERTERS: dict[str, tuple[str, str]] = {
     "apsc-net-ade20k": ("APSC-Net initial weights of the authors' recipe from mmseg's UperNet-ConvNeXt-B ADE20k "
                         "upernet_convnext_base_22k_640x640.pth (facebookresearch/ConvNeXt)",
                         "webiml.convert.apsc_net:convert_apsc_net_ade20k"),
+    "noiseprint": ("Noiseprint (TIFS 2020), all qualities: grip-unina/noiseprint noiseprint/nets (TF1 net_jpgQQ checkpoints, read "
+                   "without TensorFlow) or noiseprint-pytorch pretrained_weights (model_qfQQ.pth)",
+                   "webiml.convert.noiseprint:convert_noiseprint"),
     "noiseprint++": ("TruFor's Noiseprint++ extractor, grip-unina/TruFor pretrained_models/noiseprint++/noiseprint++.th",
                      "webiml.convert.noiseprint:convert_noiseprint_pp"),
     "trufor": ("TruFor (CVPR 2023) trufor.pth.tar from grip-unina/TruFor's TruFor_weights.zip",
@@ -75,6 +78,7 @@ _REEXPORTS: dict[str, str] = {
     "webiml_to_apsc_official": "webiml.convert.apsc_net",
     "cat_net_official_to_webiml": "webiml.convert.cat_net",
     "convert_cat_net": "webiml.convert.cat_net",
+    "convert_noiseprint": "webiml.convert.noiseprint",
     "convert_noiseprint_pp": "webiml.convert.noiseprint",
     "noiseprint_pp_official_to_webiml": "webiml.convert.noiseprint",
     "convert_trufor": "webiml.convert.trufor",

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from webiml.models.caaa import PairClassifier, SDGSegmenter, SPGSegmenter
     from webiml.models.iml_vit import IMLViT
     from webiml.models.mesorch import Mesorch
-    from webiml.models.noiseprint import NoiseprintPP
+    from webiml.models.noiseprint import Noiseprint, NoiseprintPP
     from webiml.models.trufor import TruFor
     from webiml.models.web_iml import WebIML, web_iml_base, web_iml_small, web_iml_tiny
 
@@ -37,6 +37,7 @@ __all__ = [
     "IMLOutput",
     "IMLViT",
     "Mesorch",
+    "Noiseprint",
     "NoiseprintPP",
     "SmpIML",
     "TruFor",
