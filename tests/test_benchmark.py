@@ -24,7 +24,7 @@ def spec(tmp_path: Path, tiny_dataset: Path) -> Path:
     model = _write(tmp_path / "model.yaml", {
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
-                    "enable_progress_bar": False, "enable_model_summary": False, "logger": False,
+                    "enable_progress_bar": False, "enable_model_summary": False,
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}]},
         "model": {"class_path": "webiml.tasks.iml.IMLTask",
                   "init_args": {"net": {"class_path": "webiml.models.SmpIML", "init_args": {"arch": "FPN", "encoder": "resnet18"}}, "lr": 1e-3}},
@@ -45,12 +45,13 @@ def test_benchmark_runs_tables_and_resumes(spec: Path, tmp_path: Path, capsys: p
     assert main(["benchmark", str(spec)]) == 0
     work = tmp_path / "work"
     table = (work / "results.md").read_text()
-    assert "| model | training | tinytest F1 | tinytest IOU | tinyval F1 | tinyval IOU |" in table
+    assert "| model | training | tinytest F1 | tinytest IoU | tinyval F1 | tinyval IoU |" in table
     rows = [line for line in table.splitlines() if line.startswith("| fpn |")]
     assert [r.split(" | ")[1] for r in rows] == ["without", "with"]
     assert "2 of 2 runs finished" in table
     csv_lines = (work / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("model,training,set,pixel_f1,pixel_iou") and len(csv_lines) == 1 + 2 * 2
+    # two sets and their mean (results.csv's mean row) per run
+    assert csv_lines[0].startswith("model,training,set,pixel_f1,pixel_iou") and len(csv_lines) == 1 + 2 * 3
     for training in ("without", "with"):
         run = work / "fpn" / training
         done = json.loads((run / "done.json").read_text())

@@ -15,7 +15,8 @@ from webiml.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROTOCOLS = sorted((CONFIGS / "protocols").glob("*.yaml"))
-MODEL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent != CONFIGS / "protocols")
+BENCHMARK_SPECS = sorted((CONFIGS / "benchmarks").glob("*.yaml"))
+MODEL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent not in (CONFIGS / "protocols", CONFIGS / "benchmarks"))
 MODEL_FOR_PROTOCOLS = CONFIGS / "embedded" / "unet_lite0_natural.yaml"
 
 
@@ -34,7 +35,19 @@ def _load(path: Path) -> dict[str, Any]:
 
 def test_every_config_is_covered() -> None:
     assert len(PROTOCOLS) >= 7 and len(MODEL_CONFIGS) >= 8
-    assert set(PROTOCOLS) | set(MODEL_CONFIGS) == set(CONFIGS.rglob("*.yaml"))
+    assert set(PROTOCOLS) | set(MODEL_CONFIGS) | set(BENCHMARK_SPECS) == set(CONFIGS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", BENCHMARK_SPECS, ids=lambda p: p.stem)
+def test_benchmark_spec_names_configs_that_exist(path: Path) -> None:
+    """A `webiml benchmark` spec (not a LightningCLI config): every model and training config it names exists."""
+    from webiml.benchmark import load_spec
+
+    spec = load_spec(path)
+    repo = CONFIGS.parent
+    assert spec.models and spec.training
+    for config in [*spec.models.values(), *spec.training.values()]:
+        assert (repo / config).is_file(), f"{path.name} names {config}, which does not exist"
 
 
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))

@@ -13,8 +13,8 @@ training protocols::
 
 :func:`run_benchmark` runs, for each model x training, ``webiml fit --config MODEL --config TRAINING``
 then ``webiml test`` on the last checkpoint, each in its own process (a crash or a kill loses one run,
-never the table), logging to ``fit.log`` / ``test.log`` and saving the resolved config
-(``config.yaml``, from ``--print_config``) in the run folder. It is resumable: a run whose
+never the table), logging to ``fit.log`` / ``test.log`` and keeping the resolved config that LightningCLI
+saved (``config.yaml``) in the run folder. It is resumable: a run whose
 ``done.json`` exists is not redone; a killed training resumes from its newest ``last.ckpt``.
 The table (``results.md`` / ``results.csv`` in ``work``): rows = model x training, columns = test set
 F1 and IoU (per-image, at the protocol's threshold, from each run's ``results.csv``), written atomically
@@ -115,10 +115,6 @@ def run_one(spec: BenchmarkSpec, model: str, training: str, log: Any = print) ->
     configs = ["--config", spec.models[model], "--config", spec.training[training]]
     fit_dir, test_dir = run / "fit", run / "test"
     fit_args = [*configs, "--trainer.default_root_dir", str(fit_dir), *spec.args]
-    resolved = subprocess.run(_webiml("fit", *fit_args, "--print_config"), capture_output=True, text=True)
-    if resolved.returncode != 0:
-        raise RuntimeError(f"{model} / {training}: the configs do not resolve: {(resolved.stderr.strip().splitlines() or ['?'])[-1]}")
-    atomic_write_text(run / "config.yaml", resolved.stdout)
 
     fitted = run / "fit.done"
     if not fitted.is_file():
@@ -128,6 +124,10 @@ def run_one(spec: BenchmarkSpec, model: str, training: str, log: Any = print) ->
         ckpt = _newest(fit_dir, "last.ckpt") or _newest(fit_dir, "*.ckpt")
         if rc != 0 or ckpt is None:
             raise RuntimeError(f"{model} / {training}: fit failed (exit {rc}{', no checkpoint' if ckpt is None else ''}); see {run / 'fit.log'}")
+        # The resolved config LightningCLI saved beside the fit's logs, kept at the top of the run folder.
+        saved = _newest(fit_dir, "config.yaml")
+        if saved is not None:
+            atomic_write_text(run / "config.yaml", saved.read_text())
         atomic_write_text(fitted, str(ckpt) + "\n")
     ckpt = fitted.read_text().strip()
 
@@ -168,7 +168,8 @@ def _sets(records: Sequence[Mapping[str, Any]]) -> list[str]:
 def table_markdown(records: Sequence[Mapping[str, Any]], spec: BenchmarkSpec) -> str:
     """Rows = model x training, columns = each test set's metrics (F1 and IoU by default)."""
     sets = _sets(records)
-    head = ["model", "training", *(f"{s} {m.replace('pixel_', '').upper()}" for s in sets for m in spec.metrics)]
+    names = {"pixel_f1": "F1", "pixel_iou": "IoU", "pixel_auc": "pixel AUC", "image_auc": "image AUC"}
+    head = ["model", "training", *(f"{s} {names.get(m, m)}" for s in sets for m in spec.metrics)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         cells = [r["model"], r["training"]]
