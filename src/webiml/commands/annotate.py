@@ -13,7 +13,8 @@ resumes: pairs already written are not redone. Unreadable pairs are reported and
 
 Examples::
 
-    webiml annotate web-pairs/pairs -o annotated --annotator baseline
+    webiml annotate web-pairs/pairs -o annotated                       # CAAAv2 with the parts shipped in webiml
+    webiml annotate web-pairs/pairs -o annotated-naive --annotator baseline
     webiml annotate pairs.csv -o annotated --annotator caaa --checkpoint runs/caaa/parts --qes-weight
     webiml annotate pairs/ -o annotated-v1 --annotator caaa-v1 --checkpoint caaa-v1  # the authors' CAAA
 
@@ -52,10 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotator", choices=("caaa", "caaa-v1", "baseline"), default=None,
                    help="caaa: webiml's reconstruction of CAAAv2 (classifier + registration + SPG/SDG segmenters, "
                         "trained by webiml); caaa-v1: the MIML authors' CAAA with their converted weights (ConvNeXt-XL "
-                        "classifier, DASS, SACM); baseline: aligned difference (default: caaa with --checkpoint, else baseline)")
+                        "classifier, DASS, SACM); baseline: aligned difference (default: caaa, with the parts shipped in webiml unless --checkpoint)")
     p.add_argument("--checkpoint", default=None,
-                   help="caaa: a folder with save_pretrained subfolders classifier/, spg/, sdg/ (without it CAAAv2 runs "
-                        "with random weights, with a warning); caaa-v1 (required): a folder with classifier/, dass/, sacm/ "
+                   help="caaa: a folder with save_pretrained subfolders classifier/, spg/, sdg/ (default: the parts shipped "
+                        "in webiml, catalogue caaa-v2-lite0-*; 'random': random weights, to test the pipeline); caaa-v1 (required): a folder with classifier/, dass/, sacm/ "
                         "from webiml convert caaa-v1-classifier / caaa-v1-dass / caaa-v1-sacm")
     p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="annotator constructor argument (JSON value), e.g. --option threshold=30 or --option tta=false")
@@ -86,7 +87,7 @@ def annotate(argv: list[str]) -> int:
     from webiml.annotate.pipeline import annotate_pairs
     from webiml.annotate.qes import QESConfig
 
-    name = args.annotator or ("caaa" if args.checkpoint else "baseline")
+    name = args.annotator or "caaa"
     try:
         qcfg = QESConfig(low=args.qes_low, high=args.qes_high, threshold=args.qes_threshold)
         summary = annotate_pairs(
