@@ -23,7 +23,7 @@ from webiml.align import AlignResult, photometric_match, register_pair, registra
 from webiml.data.pairs import PairCategory
 from webiml.models.caaa import PairClassifier, SDGSegmenter, SPGSegmenter
 
-__all__ = ["PART_FOLDERS", "AnnotationResult", "CAAAv2Annotator", "find_parts"]
+__all__ = ["PART_FOLDERS", "AnnotationResult", "CAAAv2Annotator", "PartsAnnotator", "find_parts"]
 
 PART_FOLDERS: dict[str, tuple[str, ...]] = {
     "classifier": ("classifier", "pair_classifier"),
@@ -78,7 +78,35 @@ class AnnotationResult:
     category_source: str = "classifier"
 
 
-class CAAAv2Annotator(nn.Module):
+class PartsAnnotator(nn.Module):
+    """What the CAAA annotators (v2 here, v1 in :mod:`webiml.annotate.caaa_v1`) share: an optional
+    ``classifier`` part with ``predict(original, forged)``, parts saved as ``save_pretrained`` folders, and
+    the device of their weights."""
+
+    classifier: Any
+
+    def _save_parts(self, folder: str | os.PathLike[str], subfolders: dict[str, str]) -> Path:
+        """Save each part (``subfolders``: attribute -> sub-folder) that is not ``None`` under ``folder``."""
+        root = Path(folder)
+        for part, sub in subfolders.items():
+            model = getattr(self, part)
+            if model is not None:
+                model.save_pretrained(root / sub)
+        return root
+
+    def _device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def _predict_pair(self, original: Tensor, forged: Tensor) -> Any:
+        """The classifier's output on a raw pair; ``ValueError`` without a classifier."""
+        if self.classifier is None:
+            raise ValueError("this annotator has no classifier: pass category= to annotate()")
+        return self.classifier.predict(original, forged)
+
+
+class CAAAv2Annotator(PartsAnnotator):
     """Classifier -> registration -> SPG or SDG segmenter, on raw ``uint8`` pairs.
 
     SPG pairs are registered by :func:`~webiml.align.register_pair`: a plain resize, the
@@ -179,24 +207,12 @@ class CAAAv2Annotator(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
         """Save the parts as ``save_pretrained`` folders ``classifier/``, ``spg/``, ``sdg/`` under ``folder``."""
-        root = Path(folder)
-        for part in ("classifier", "spg", "sdg"):
-            model = getattr(self, part)
-            if model is not None:
-                model.save_pretrained(root / part)
-        return root
-
-    def _device(self) -> torch.device:
-        for p in self.parameters():
-            return p.device
-        return torch.device("cpu")
+        return self._save_parts(folder, {part: part for part in ("classifier", "spg", "sdg")})
 
     @torch.inference_mode()
     def classify(self, original: Tensor, forged: Tensor) -> tuple[PairCategory, float, bool, tuple[float, float, float, float]]:
         """``(category, class_prob, aligned, box)`` of a raw pair from the classifier."""
-        if self.classifier is None:
-            raise ValueError("this annotator has no classifier: pass category= to annotate()")
-        out = self.classifier.predict(original, forged)
+        out = self._predict_pair(original, forged)
         p = float(out.spg_probs()[0])
         box = tuple(float(v) for v in out.box[0].tolist())
         if p >= 0.5:

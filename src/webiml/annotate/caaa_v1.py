@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from webiml.annotate.caaa import AnnotationResult
+from webiml.annotate.caaa import AnnotationResult, PartsAnnotator
 from webiml.data.pairs import PairCategory
 from webiml.models.caaa_v1 import DASS, NOT_ALIGNED_SPG, SACM, CAAAv1Classifier
 
@@ -77,7 +77,7 @@ def _resize_u8(image: Tensor, size: int) -> Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
-class CAAAv1Annotator(nn.Module):
+class CAAAv1Annotator(PartsAnnotator):
     """Classifier -> DASS (aligned SPG) or SACM (SDG), the authors' CAAA on raw ``uint8`` pairs (see the
     module docstring).
 
@@ -135,25 +135,13 @@ class CAAAv1Annotator(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
         """Save the parts as ``classifier/``, ``dass/``, ``sacm/`` under ``folder``."""
-        root = Path(folder)
-        for part, sub in CAAAv1_PART_FOLDERS.items():
-            model = getattr(self, part)
-            if model is not None:
-                model.save_pretrained(root / sub)
-        return root
-
-    def _device(self) -> torch.device:
-        for p in self.parameters():
-            return p.device
-        return torch.device("cpu")
+        return self._save_parts(folder, CAAAv1_PART_FOLDERS)
 
     @torch.inference_mode()
     def classify(self, original: Tensor, forged: Tensor) -> tuple[str | None, float, float]:
         """``(decision, P(same source), P(aligned))`` of a raw pair: decision ``"SPG"``, ``"SDG"``,
         ``"NotAlignedSPG"`` or ``None`` (the authors' rule)."""
-        if self.classifier is None:
-            raise ValueError("this annotator has no classifier: pass category= to annotate()")
-        out = self.classifier.predict(original, forged)
+        out = self._predict_pair(original, forged)
         return out.decisions()[0], float(out.same_source_probs()[0]), float(out.aligned_probs()[0])
 
     def _dass_soft(self, original: Tensor, forged: Tensor) -> Tensor:

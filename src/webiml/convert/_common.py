@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["ConversionError", "check_state_dict", "few_keys", "load_checkpoint", "load_strict_and_save"]
+__all__ = ["ConversionError", "check_state_dict", "few_keys", "infer_preset", "load_checkpoint", "load_strict_and_save"]
 
 
 class ConversionError(ValueError):
@@ -115,6 +115,25 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, Tensor], what: 
         problems.append(f"{len(shapes)} shape mismatches: " + "; ".join(shapes[:5]) + (" ..." if len(shapes) > 5 else ""))
     if problems:
         raise ConversionError(f"the {what} does not fit {type(model).__name__}: " + " | ".join(problems))
+
+
+def infer_preset(build: Callable[[str], torch.nn.Module], presets: Sequence[str], state: Mapping[str, Tensor],
+                 family: str) -> str:
+    """The first of ``presets`` whose model (``build(name)``, built on the meta device) has exactly the keys and
+    shapes of ``state``; else :class:`ConversionError` with the mismatch against the first preset."""
+    first = None
+    for name in presets:
+        with torch.device("meta"):
+            model = build(name)
+        try:
+            check_state_dict(model, state, what="checkpoint")
+            return name
+        except ConversionError as err:
+            first = first or err
+    if first is None:
+        raise ValueError(f"infer_preset: no {family} presets given")
+    raise ConversionError(f"the checkpoint matches no {family} configuration ({', '.join(presets)}); against "
+                          f"{presets[0]!r}: {first}")
 
 
 def load_strict_and_save(model: torch.nn.Module, state: Mapping[str, Tensor], checkpoint: str | Path, out_dir: str | Path) -> None:

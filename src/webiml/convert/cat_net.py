@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, check_state_dict, few_keys, load_checkpoint, load_strict_and_save
+from webiml.convert._common import ConversionError, few_keys, infer_preset, load_checkpoint, load_strict_and_save
 from webiml.models.cat_net import CAT_PRESETS, CATNet
 
 
@@ -36,18 +35,7 @@ def cat_net_official_to_webiml(state: Mapping[str, Tensor]) -> dict[str, Tensor]
 
 def infer_cat_net_size(state: Mapping[str, Tensor]) -> str:
     """The :data:`CAT_PRESETS` size whose keys and shapes are exactly those of ``state``."""
-    first = None
-    for size in CAT_PRESETS:
-        with torch.device("meta"):
-            model = CATNet(size=size)
-        try:
-            check_state_dict(model, state, what="checkpoint")
-            return size
-        except ConversionError as err:
-            first = first or err
-    assert first is not None
-    raise ConversionError(f"the checkpoint matches no CAT-Net configuration ({', '.join(CAT_PRESETS)}); against "
-                          f"'full': {first}")
+    return infer_preset(lambda size: CATNet(size=size), list(CAT_PRESETS), state, "CAT-Net")
 
 
 def convert_cat_net(checkpoint: str | Path, out_dir: str | Path, **overrides: Any) -> CATNet:

@@ -17,10 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, check_state_dict, few_keys, load_checkpoint, load_strict_and_save
+from webiml.convert._common import ConversionError, few_keys, infer_preset, load_checkpoint, load_strict_and_save
 from webiml.models.sparse_vit import SPARSE_VIT_PRESETS, SparseViT
 
 
@@ -34,18 +33,7 @@ def sparse_vit_official_to_webiml(state: Mapping[str, Tensor]) -> dict[str, Tens
 
 def infer_sparse_vit_size(state: Mapping[str, Tensor]) -> str:
     """The :data:`SPARSE_VIT_PRESETS` size whose keys and shapes are exactly those of ``state``."""
-    first = None
-    for size in SPARSE_VIT_PRESETS:
-        with torch.device("meta"):
-            model = SparseViT(size=size)
-        try:
-            check_state_dict(model, state, what="checkpoint")
-            return size
-        except ConversionError as err:
-            first = first or err
-    assert first is not None
-    raise ConversionError(f"the checkpoint matches no SparseViT configuration ({', '.join(SPARSE_VIT_PRESETS)}); against "
-                          f"'base': {first}")
+    return infer_preset(lambda size: SparseViT(size=size), list(SPARSE_VIT_PRESETS), state, "SparseViT")
 
 
 def convert_sparse_vit(checkpoint: str | Path, out_dir: str | Path, **overrides: Any) -> SparseViT:

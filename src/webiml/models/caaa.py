@@ -55,6 +55,7 @@ __all__ = [
     "SDGOutput",
     "SDGSegmenter",
     "SPGSegmenter",
+    "check_pair",
 ]
 
 TIMM_PRETRAINED = "timm"
@@ -108,7 +109,8 @@ def _pad_to(x: Tensor, multiple: int) -> tuple[Tensor, int, int]:
     return x, h, w
 
 
-def _check_pair(original: Tensor, forged: Tensor) -> None:
+def check_pair(original: Tensor, forged: Tensor) -> None:
+    """``ValueError`` unless ``original`` and ``forged`` are (B, 3, H, W) batches of the same size B."""
     for name, t in (("original", original), ("forged", forged)):
         if t.ndim != 4 or t.shape[1] != 3:
             raise ValueError(f"{name} must be a (B, 3, H, W) batch, got shape {tuple(t.shape)}")
@@ -208,7 +210,7 @@ class PairClassifier(PairModel):
         return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
 
     def forward(self, original: Tensor, forged: Tensor) -> PairClassifierOutput:
-        _check_pair(original, forged)
+        check_pair(original, forged)
         x = torch.cat([self._resize(original), self._resize(forged)], dim=1)
         out = self.encoder(x)
         centre, half = out[:, 2:4].sigmoid(), out[:, 4:6].sigmoid() / 2
@@ -288,7 +290,7 @@ class SPGSegmenter(PairModel):
         return self.net.encoder
 
     def forward(self, original: Tensor, forged: Tensor) -> IMLOutput:
-        _check_pair(original, forged)
+        check_pair(original, forged)
         if original.shape[-2:] != forged.shape[-2:]:
             original = F.interpolate(original, size=forged.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
         x = torch.cat([original, forged, (original - forged).abs()], dim=1)
@@ -474,7 +476,7 @@ class SDGSegmenter(PairModel):
         return F.interpolate(logits, size=padded_hw, mode="bilinear", align_corners=False)[..., :h, :w]
 
     def forward(self, original: Tensor, forged: Tensor) -> SDGOutput:
-        _check_pair(original, forged)
+        check_pair(original, forged)
         o, oh, ow = _pad_to(original, self.pad_multiple)
         f, fh, fw = _pad_to(forged, self.pad_multiple)
         fo, ff = self._features(o), self._features(f)

@@ -52,7 +52,7 @@ from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from webiml.models.base import IMAGENET_STD, HubModel, IMLOutput
-from webiml.models.caaa import SDGOutput
+from webiml.models.caaa import SDGOutput, check_pair
 from webiml.models.layers import PPM, ConvBNReLU, SepASPPHead, resize
 from webiml.models.van import VAN
 
@@ -86,14 +86,6 @@ def _resize_square(x: Tensor, size: int) -> Tensor:
     if tuple(x.shape[-2:]) == (size, size):
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-
-
-def _check_pair(original: Tensor, forged: Tensor) -> None:
-    for name, t in (("original", original), ("forged", forged)):
-        if t.ndim != 4 or t.shape[1] != 3:
-            raise ValueError(f"{name} must be a (B, 3, H, W) batch, got shape {tuple(t.shape)}")
-    if original.shape[0] != forged.shape[0]:
-        raise ValueError(f"batch sizes differ: original {original.shape[0]}, forged {forged.shape[0]}")
 
 
 def _z(logits: Tensor) -> Tensor:
@@ -200,7 +192,7 @@ class CAAAv1Classifier(CAAAv1Part):
 
     def forward(self, original: Tensor, forged: Tensor) -> CAAAv1ClassifierOutput:
         """Normalised ``(B, 3, H, W)`` images of any sizes -> :class:`CAAAv1ClassifierOutput`."""
-        _check_pair(original, forged)
+        check_pair(original, forged)
         s = self.input_size
         return CAAAv1ClassifierOutput(self.backbone(torch.cat([_resize_square(original, s), _resize_square(forged, s)], dim=1)))
 
@@ -508,7 +500,7 @@ class SACM(CAAAv1Part):
 
     def two_class_logits(self, original: Tensor, forged: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The authors' ``SAFM_model.forward`` on normalised ``input_size`` x ``input_size`` images."""
-        _check_pair(original, forged)
+        check_pair(original, forged)
         s = self.input_size
         if original.shape[-2:] != (s, s) or forged.shape[-2:] != (s, s):
             raise ValueError(f"SACM runs at {s}x{s} only, got {tuple(original.shape[-2:])} and {tuple(forged.shape[-2:])}")
@@ -522,7 +514,7 @@ class SACM(CAAAv1Part):
         return x1, x2, up[0], up[1]
 
     def forward(self, original: Tensor, forged: Tensor) -> SDGOutput:
-        _check_pair(original, forged)
+        check_pair(original, forged)
         s = self.input_size
         x1, x2, p1, p2 = self.two_class_logits(_resize_square(original, s), _resize_square(forged, s))
         fo, ff = original.shape[-2:], forged.shape[-2:]

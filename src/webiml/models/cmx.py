@@ -14,6 +14,7 @@ References:
 This is webiml's own code. Attribute names follow the official modules, so TruFor's state-dict keys load
 unchanged (``patch_embed1.proj``, ``block1.0.attn.kv``, ``extra_block1.0.mlp.dwconv.dwconv``, ``FRMs.0``,
 ``FFMs.0.cross.cross_attn.kv1``, ``linear_c4.proj``, ``linear_fuse.0``, ``linear_pred``, ...).
+The MiT parts (patch embeddings, blocks) are :mod:`webiml.models.mit`'s, shared with Mesorch.
 
 Structure: two MiT streams (RGB and the extra modality X: ``patch_embed{i}`` / ``block{i}`` / ``norm{i}`` and
 ``extra_patch_embed{i}`` / ``extra_block{i}`` / ``extra_norm{i}``). After every stage the two maps are
@@ -36,8 +37,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import trunc_normal_
 from torch import Tensor, nn
+
+from webiml.models.mit import MiTBlock, OverlapPatchEmbed, mit_stage, tokens_to_map
 
 __all__ = ["DualMiT", "FeatureFusion", "FeatureRectify", "MLPDecoder", "load_mit_weights"]
 
@@ -56,103 +59,6 @@ def _init_vit(m: nn.Module) -> None:
         nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-
-
-def _to_map(tokens: Tensor, h: int, w: int) -> Tensor:
-    """(B, N, C) tokens -> (B, C, H, W)."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
-
-
-# -- Mix Transformer (MiT) parts ------------------------------------------------------------------------
-
-
-class OverlapPatchEmbed(nn.Module):
-    """Strided convolution with overlapping windows (``kernel // 2`` padding), then LayerNorm over tokens."""
-
-    def __init__(self, in_channels: int, dim: int, kernel: int, stride: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, dim, kernel, stride, padding=kernel // 2)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
-        x = self.proj(x)
-        h, w = x.shape[-2:]
-        return self.norm(x.flatten(2).transpose(1, 2)), h, w
-
-
-class DWConv(nn.Module):
-    """3x3 depthwise convolution on tokens (the positional mixing of the Mix-FFN)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        return self.dwconv(_to_map(x, h, w)).flatten(2).transpose(1, 2)
-
-
-class MixFFN(nn.Module):
-    """fc1 -> depthwise 3x3 -> GELU -> fc2 (with dropout after the activation and after fc2)."""
-
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.dwconv = DWConv(hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        x = self.drop(self.act(self.dwconv(self.fc1(x), h, w)))
-        return self.drop(self.fc2(x))
-
-
-class EfficientSelfAttention(nn.Module):
-    """Multi-head self-attention whose keys / values come from a ``sr_ratio``-strided convolution of the map."""
-
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.attn_drop = attn_drop
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.sr_ratio = sr_ratio
-        if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
-            self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        b, n, c = x.shape
-        d = c // self.num_heads
-        q = self.q(x).reshape(b, n, self.num_heads, d).transpose(1, 2)
-        src = x
-        if self.sr_ratio > 1:
-            src = self.norm(self.sr(_to_map(x, h, w)).flatten(2).transpose(1, 2))
-        k, v = self.kv(src).reshape(b, -1, 2, self.num_heads, d).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
-
-
-class MiTBlock(nn.Module):
-    """Pre-norm transformer block: efficient self-attention, then Mix-FFN, each with stochastic depth."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, drop_path: float = 0.0,
-                 drop: float = 0.0, attn_drop: float = 0.0, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, True, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MixFFN(dim, int(dim * mlp_ratio), drop)
-
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
-        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 
 
 # -- cross-modal rectification and fusion (CMX) -----------------------------------------------------------
@@ -284,7 +190,7 @@ class FeatureFusion(nn.Module):
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         h, w = x1.shape[-2:]
         t1, t2 = self.cross(x1.flatten(2).transpose(1, 2), x2.flatten(2).transpose(1, 2))
-        return self.channel_emb(_to_map(torch.cat((t1, t2), dim=-1), h, w))
+        return self.channel_emb(tokens_to_map(torch.cat((t1, t2), dim=-1), h, w))
 
 
 # -- the dual-stream encoder ----------------------------------------------------------------------------
@@ -326,10 +232,8 @@ class DualMiT(nn.Module):
         self.apply(_init_vit)
 
     def _stage(self, i: int, x: Tensor, prefix: str) -> Tensor:
-        tokens, h, w = getattr(self, f"{prefix}patch_embed{i}")(x)
-        for blk in getattr(self, f"{prefix}block{i}"):
-            tokens = blk(tokens, h, w)
-        return _to_map(getattr(self, f"{prefix}norm{i}")(tokens), h, w)
+        return mit_stage(getattr(self, f"{prefix}patch_embed{i}"), getattr(self, f"{prefix}block{i}"),
+                         getattr(self, f"{prefix}norm{i}"), x)
 
     def forward(self, rgb: Tensor, x: Tensor) -> list[Tensor]:
         outs = []

@@ -14,6 +14,9 @@ and timm's fusion also needs sizes divisible by 32. The parameter layout is othe
 
 Branch ``i`` of a stage runs at stride ``4 * 2**i`` of the network input; every stride-2 convolution has
 padding 1, so odd sizes round up (``ceil``) and the fusion resizes to the exact size of the target branch.
+
+Users: :mod:`webiml.models.cat_net` and :mod:`webiml.models.pscc_net` (PSCC-Net's own HRNet, whose fusion
+resizes with ``align_corners=True`` and whose detection head uses Bottlenecks of expansion 2).
 """
 
 from __future__ import annotations
@@ -56,18 +59,21 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 -> 1x1 (x4 channels) residual block."""
+    """1x1 -> 3x3 -> 1x1 (x ``expansion`` channels, 4 in HRNet) residual block."""
 
     expansion = 4
+    """The class default (what :func:`make_layer` plans with); an instance may be built with another."""
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 expansion: int = 4) -> None:
         super().__init__()
+        self.expansion = expansion
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
         self.bn1 = bn(planes)
         self.conv2 = conv3x3(planes, planes, stride)
         self.bn2 = bn(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = bn(planes * 4)
+        self.conv3 = nn.Conv2d(planes, planes * expansion, 1, bias=False)
+        self.bn3 = bn(planes * expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -121,11 +127,13 @@ def apply_transition(transition: nn.ModuleList, xs: Sequence[Tensor]) -> list[Te
 class HighResolutionModule(nn.Module):
     """Parallel branches (residual blocks at their own resolution) followed by all-to-all fusion: finer
     branches are brought down with stride-2 3x3 convs, coarser ones with a 1x1 conv + BN and a bilinear
-    resize to the target's size; the sums go through ReLU."""
+    resize to the target's size (``align_corners``: False in the segmentation HRNet, True in PSCC-Net's);
+    the sums go through ReLU."""
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], num_blocks: Sequence[int], cin: Sequence[int],
-                 channels: Sequence[int], multi_scale_output: bool = True) -> None:
+                 channels: Sequence[int], multi_scale_output: bool = True, align_corners: bool = False) -> None:
         super().__init__()
+        self.align_corners = align_corners
         n = len(channels)
         if not len(num_blocks) == len(cin) == n:
             raise ValueError(f"HRNet module: {n} branches but num_blocks={list(num_blocks)}, in_channels={list(cin)}")
@@ -168,7 +176,8 @@ class HighResolutionModule(nn.Module):
                 if j == i:
                     y = y + xs[j]
                 elif j > i:
-                    y = y + F.interpolate(row[j](xs[j]), size=xs[i].shape[-2:], mode="bilinear", align_corners=False)
+                    y = y + F.interpolate(row[j](xs[j]), size=xs[i].shape[-2:], mode="bilinear",
+                                          align_corners=self.align_corners)
                 else:
                     y = y + row[j](xs[j])
             out.append(self.relu(y))

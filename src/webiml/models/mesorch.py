@@ -23,7 +23,8 @@ Forward pass (the authors' configuration)::
     logits = sum over the eight maps of gate * map  -> bilinear upsampling (align_corners=True) to 512 x 512.
 
 Libraries: the ConvNeXt is timm's (:class:`timm.models.convnext.ConvNeXt`, the class the authors subclass).
-The Mix Transformer is webiml's own (:class:`MixTransformer`, SegFormer's parameter names):
+The Mix Transformer is webiml's own (:class:`MixTransformer`, SegFormer's parameter names; its blocks are
+:mod:`webiml.models.mit`'s, shared with TruFor's CMX encoder, with the explicit float32 attention softmax):
 segmentation_models_pytorch's ``MixVisionTransformer`` computes the same but cannot be built on the meta
 device (it calls ``Tensor.item()`` in its constructor), which :func:`webiml.from_pretrained` needs. Both
 encoders were measured against the official code (see ``checkpoints.yaml``).
@@ -56,11 +57,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d
+from timm.layers import LayerNorm2d
 from timm.models.convnext import ConvNeXt
 from torch import Tensor, nn
 
 from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLModel, IMLOutput
+from webiml.models.mit import MiTBlock, OverlapPatchEmbed, mit_stage
 from webiml.models.registry import register_model
 
 MESORCH_PRESETS: dict[str, dict[str, Any]] = {
@@ -135,77 +137,6 @@ class ConvNeXtEncoder(nn.Module):
         return outs
 
 
-class OverlapPatchEmbed(nn.Module):
-    """Strided conv (overlapping patches) + LayerNorm over channels; returns ``(B, N, C)`` tokens and the grid."""
-
-    def __init__(self, cin: int, cout: int, patch: int, stride: int, bias: bool = True) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(cin, cout, patch, stride, patch // 2, bias=bias)
-        self.norm = nn.LayerNorm(cout)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
-        x = self.proj(x)
-        h, w = x.shape[-2:]
-        return self.norm(x.flatten(2).transpose(1, 2)), h, w
-
-
-class EfficientAttention(nn.Module):
-    """SegFormer's attention: keys / values from the token grid reduced ``sr_ratio`` times by a strided conv."""
-
-    def __init__(self, dim: int, heads: int, sr_ratio: int) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"MiT width {dim} is not divisible by {heads} heads")
-        self.heads, self.sr_ratio = heads, sr_ratio
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-        if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
-            self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        b, n, c = x.shape
-        q = self.q(x).reshape(b, n, self.heads, c // self.heads).transpose(1, 2)
-        if self.sr_ratio > 1:
-            x = self.norm(self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2))
-        k, v = self.kv(x).reshape(b, -1, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        attn = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).float().softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
-
-
-class MixFFN(nn.Module):
-    """fc1 -> 3x3 depthwise conv on the token grid -> GELU -> fc2 (``dwconv.dwconv`` as SegFormer names it)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.dwconv = nn.Module()
-        self.dwconv.dwconv = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        x = self.fc1(x)
-        b, n, c = x.shape
-        x = self.dwconv.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
-        return self.fc2(self.act(x))
-
-
-class MiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, sr_ratio: int, drop_path: float, mlp_ratio: int = 4) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = EfficientAttention(dim, heads, sr_ratio)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = MixFFN(dim, dim * mlp_ratio)
-
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
-        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
-
-
 class MixTransformer(nn.Module):
     """SegFormer's Mix Transformer encoder (MiT-B*: qkv bias, MLP ratio 4, eps-1e-6 block and stage norms,
     eps-1e-5 patch-embedding and reduction norms) with a bias-free ``in_chans``-channel first patch embedding,
@@ -220,17 +151,16 @@ class MixTransformer(nn.Module):
             cin = in_chans if i == 0 else dims[i - 1]
             self.add_module(f"patch_embed{i + 1}", OverlapPatchEmbed(cin, dims[i], 7 if i == 0 else 3, 4 if i == 0 else 2, bias=i > 0))
             rates = [drop_path_rate * (j + d) / max(total - 1, 1) for d in range(depths[i])]  # torch.linspace(0, rate, total)
-            self.add_module(f"block{i + 1}", nn.ModuleList(MiTBlock(dims[i], heads[i], sr_ratios[i], r) for r in rates))
+            self.add_module(f"block{i + 1}", nn.ModuleList(MiTBlock(dims[i], heads[i], 4, sr_ratios[i], r, fused=False)
+                                                           for r in rates))
             self.add_module(f"norm{i + 1}", nn.LayerNorm(dims[i], eps=1e-6))
             j += depths[i]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = []
         for i in range(1, 5):
-            x, h, w = getattr(self, f"patch_embed{i}")(x)
-            for blk in getattr(self, f"block{i}"):
-                x = blk(x, h, w)
-            x = getattr(self, f"norm{i}")(x).reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
+            x = mit_stage(getattr(self, f"patch_embed{i}"), getattr(self, f"block{i}"), getattr(self, f"norm{i}"), x)
+            x = x.contiguous()  # NCHW memory (the convolutions that follow pick their kernels by layout)
             outs.append(x)
         return outs
 

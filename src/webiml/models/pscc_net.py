@@ -6,6 +6,8 @@
   ``models/seg_hrnet_config.py``, ``models/NLCDetection.py``, ``models/detection_head.py``, ``test.py``,
   ``train.py``; weights ``checkpoint/{HRNet,NLCDetection,DetectionHead}_checkpoint/*.pth``); this is webiml's
   own implementation of that architecture.
+- The HRNet blocks (residual blocks, transitions, multi-resolution modules) are :mod:`webiml.models.hrnet`'s,
+  shared with CAT-Net.
 
 Forward pass::
 
@@ -50,105 +52,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from webiml.models.base import IMLModel, IMLOutput
+from webiml.models.hrnet import (
+    BN_MOMENTUM,
+    BasicBlock,
+    Bottleneck,
+    HighResolutionModule,
+    apply_transition,
+    bn,
+    conv3x3,
+    make_transition,
+)
 from webiml.models.layers import resize_probabilities
-
-BN_MOMENTUM = 0.01
-"""BatchNorm momentum of the authors' HRNet and detection head."""
-
-
-def _bn(c: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c, momentum=BN_MOMENTUM)
-
-
-def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
 
 
 def _up(x: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        self.conv1 = _conv3x3(inplanes, planes, stride)
-        self.bn1 = _bn(planes)
-        self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = _bn(planes)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 -> 1x1 (x ``expansion``) residual block: 4 in the HRNet, 2 in the detection head."""
-
-    def __init__(self, inplanes: int, planes: int, expansion: int = 4, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = _bn(planes)
-        self.conv2 = _conv3x3(planes, planes, stride)
-        self.bn2 = _bn(planes)
-        self.conv3 = nn.Conv2d(planes, planes * expansion, 1, bias=False)
-        self.bn3 = _bn(planes * expansion)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
 def bottleneck_layer(inplanes: int, planes: int, blocks: int, expansion: int) -> nn.Sequential:
     """``blocks`` Bottlenecks; the first projects ``inplanes`` to ``planes * expansion`` (1x1 conv + BN)."""
     out = planes * expansion
-    down = None if inplanes == out else nn.Sequential(nn.Conv2d(inplanes, out, 1, bias=False), _bn(out))
-    return nn.Sequential(Bottleneck(inplanes, planes, expansion, 1, down),
-                         *(Bottleneck(out, planes, expansion) for _ in range(blocks - 1)))
-
-
-class HRModule(nn.Module):
-    """One multi-resolution module (the authors' ``HighResolutionModule`` with BasicBlocks, SUM fusion)."""
-
-    def __init__(self, channels: Sequence[int], blocks: int = 2) -> None:
-        super().__init__()
-        n = len(channels)
-        self.branches = nn.ModuleList(nn.Sequential(*(BasicBlock(c, c) for _ in range(blocks))) for c in channels)
-        fuse: list[nn.ModuleList] = []
-        for i in range(n):
-            row: list[nn.Module | None] = []
-            for j in range(n):
-                if j > i:
-                    row.append(nn.Sequential(nn.Conv2d(channels[j], channels[i], 1, bias=False), _bn(channels[i])))
-                elif j == i:
-                    row.append(None)
-                else:  # i - j stride-2 convs; ReLU after all but the last
-                    steps: list[nn.Module] = [
-                        nn.Sequential(_conv3x3(channels[j], channels[j], 2), _bn(channels[j]), nn.ReLU())
-                        for _ in range(i - j - 1)]
-                    steps.append(nn.Sequential(_conv3x3(channels[j], channels[i], 2), _bn(channels[i])))
-                    row.append(nn.Sequential(*steps))
-            fuse.append(nn.ModuleList(row))
-        self.fuse_layers = nn.ModuleList(fuse)
-
-    def forward(self, xs: list[Tensor]) -> list[Tensor]:
-        xs = [branch(x) for branch, x in zip(self.branches, xs, strict=True)]
-        out = []
-        for i, row in enumerate(self.fuse_layers):
-            y = xs[0] if i == 0 else row[0](xs[0])
-            for j in range(1, len(xs)):
-                if j == i:
-                    y = y + xs[j]
-                elif j > i:
-                    y = y + _up(row[j](xs[j]), xs[i].shape[-2:])
-                else:
-                    y = y + row[j](xs[j])
-            out.append(F.relu(y))
-        return out
+    down = None if inplanes == out else nn.Sequential(nn.Conv2d(inplanes, out, 1, bias=False), bn(out))
+    return nn.Sequential(Bottleneck(inplanes, planes, 1, down, expansion=expansion),
+                         *(Bottleneck(out, planes, expansion=expansion) for _ in range(blocks - 1)))
 
 
 class HRNet(nn.Module):
@@ -160,35 +86,25 @@ class HRNet(nn.Module):
         c = [int(v) for v in channels]
         if len(c) != 4:
             raise ValueError(f"HRNet needs 4 branch widths, got {list(channels)}")
-        self.conv1 = _conv3x3(3, stem_width)
-        self.bn1 = _bn(stem_width)
-        self.conv2 = _conv3x3(stem_width, stem_width)
-        self.bn2 = _bn(stem_width)
+        self.conv1 = conv3x3(3, stem_width)
+        self.bn1 = bn(stem_width)
+        self.conv2 = conv3x3(stem_width, stem_width)
+        self.bn2 = bn(stem_width)
         self.layer1 = bottleneck_layer(stem_width, stem_width, 2, 4)
         prev = [4 * stem_width]
         for stage in (2, 3, 4):
             cur = c[:stage]
-            self.add_module(f"transition{stage - 1}", self._transition(prev, cur))
-            self.add_module(f"stage{stage}", nn.Sequential(HRModule(cur)))
+            self.add_module(f"transition{stage - 1}", make_transition(prev, cur))
+            # the authors' HighResolutionModule: 2 BasicBlocks per branch, SUM fusion (align_corners=True)
+            self.add_module(f"stage{stage}", nn.Sequential(
+                HighResolutionModule(BasicBlock, [2] * len(cur), cur, cur, align_corners=True)))
             prev = cur
-
-    @staticmethod
-    def _transition(prev: list[int], cur: list[int]) -> nn.ModuleList:
-        layers: list[nn.Module | None] = []
-        for i, c in enumerate(cur):
-            if i < len(prev):
-                layers.append(None if c == prev[i] else nn.Sequential(_conv3x3(prev[i], c), _bn(c), nn.ReLU()))
-            else:  # a new, coarser branch from the previous coarsest one
-                layers.append(nn.Sequential(nn.Sequential(_conv3x3(prev[-1], c, 2), _bn(c), nn.ReLU())))
-        return nn.ModuleList(layers)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
         ys = [self.layer1(x)]
         for stage in (2, 3, 4):
-            transition = getattr(self, f"transition{stage - 1}")
-            xs = [ys[i] if t is None else t(ys[min(i, len(ys) - 1)]) for i, t in enumerate(transition)]
-            ys = getattr(self, f"stage{stage}")(xs)
+            ys = getattr(self, f"stage{stage}")(apply_transition(getattr(self, f"transition{stage - 1}"), ys))
         return ys
 
 
@@ -263,9 +179,9 @@ class DetectionHead(nn.Module):
         c = [int(v) for v in channels]
         self.incre_modules = nn.ModuleList(bottleneck_layer(ch, ch, 1, 2) for ch in c)
         self.downsamp_modules = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(2 * c[i], 2 * c[i + 1], 3, 2, 1), _bn(2 * c[i + 1]), nn.ReLU(inplace=True))
+            nn.Sequential(nn.Conv2d(2 * c[i], 2 * c[i + 1], 3, 2, 1), bn(2 * c[i + 1]), nn.ReLU(inplace=True))
             for i in range(len(c) - 1))
-        self.final_layer = nn.Sequential(nn.Conv2d(2 * c[-1], 128, 1), _bn(128), nn.ReLU(inplace=True))
+        self.final_layer = nn.Sequential(nn.Conv2d(2 * c[-1], 128, 1), bn(128), nn.ReLU(inplace=True))
         self.classifier = nn.Sequential(nn.Linear(128, 16), nn.ReLU(inplace=True), nn.Linear(16, 2))
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
@@ -314,4 +230,4 @@ class PSCCNet(IMLModel):
         return IMLOutput(mask_logits=mask, image_logits=z[:, 1] - z[:, 0], aux_mask_logits=masks if self.training else [])
 
 
-__all__ = ["BN_MOMENTUM", "DetectionHead", "HRModule", "HRNet", "LocalizationHead", "PSCCNet", "SCCM"]
+__all__ = ["BN_MOMENTUM", "DetectionHead", "HRNet", "LocalizationHead", "PSCCNet", "SCCM"]

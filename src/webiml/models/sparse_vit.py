@@ -71,6 +71,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 
 from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLModel, IMLOutput
+from webiml.models.mit import DWConv, MixFFN
 
 SPARSE_VIT_PRESETS: dict[str, dict[str, Any]] = {
     # SparseViT_Mul() defaults: UniFormer-B (layer scale) widths and depths, rates [8, 4, 2, 1] / [2, 1].
@@ -141,32 +142,6 @@ class CBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class DWConv(nn.Module):
-    """Depth-wise 3x3 conv on a token sequence laid out as an (H, W) map."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
-
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        b, n, c = x.shape
-        return self.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
-
-
-class Mlp(nn.Module):
-    """Linear -> depth-wise 3x3 conv -> GELU -> Linear (the official ``Mlp`` of the sparse blocks)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.dwconv = DWConv(hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        return self.fc2(self.act(self.dwconv(self.fc1(x), h, w)))
-
-
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -205,7 +180,7 @@ class SABlock(nn.Module):
         self.attn = Attention(dim, num_heads)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = MixFFN(dim, int(dim * mlp_ratio))  # the official ``Mlp``: Linear, dw 3x3, GELU, Linear
         self.gamma_1 = nn.Parameter(1e-6 * torch.ones(dim))
         self.gamma_2 = nn.Parameter(1e-6 * torch.ones(dim))
 
