@@ -110,7 +110,7 @@ def _hardware() -> str:
 
 
 def table(rows: list[dict[str, Any]], size: int, threads: int) -> str:
-    head = f"| model | architecture | params (M) | GFLOPs @{size}x{size} | CPU img/s ({threads} threads) | GPU img/s | note |"
+    head = f"| model | architecture | params (M) | GFLOPs @{size}x{size} | CPU img/s ({threads} thread{'s' if threads > 1 else ''}) | GPU img/s | note |"
     lines = [head, "|---|---|---|---|---|---|---|"]
     for r in rows:
         def f(key: str, fmt: str, r: dict[str, Any] = r) -> str:
