@@ -146,3 +146,13 @@ def test_a_malicious_checkpoint_is_one_line_without_unsafe_advice(tmp_path, caps
     else:
         raise AssertionError("torch loaded a pickled object with weights_only=True")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`webiml zoo list | head -0`: the reader is gone before webiml writes; no 'Broken pipe' error line, and the
+    exit status other tools give (141)."""
+    proc = subprocess.Popen([sys.executable, "-m", "webiml", "zoo", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # closed at once: webiml needs a second to start, so its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""

@@ -302,6 +302,11 @@ def main(args: Sequence[str] | None = None) -> int:
             raise
         print("webiml: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`webiml zoo list | head`): stop quietly, as other command-line tools do; stdout
+        # is pointed at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as err:
         if debug:
             raise
