@@ -1,7 +1,8 @@
 """``IMLDataModule``: manifests in, aligned training crops and original-resolution evaluation out.
 
-Training reads one or more manifests (samples from several sources can be balanced: a fixed number per
-source per epoch, or per-source repeat factors). Evaluation sets are named (``val: {casia1: a.jsonl,
+Training reads one or more manifests and, optionally, Object Jitter sets drawn on the fly from COCO instances
+(``online_jitter``: re-drawn every epoch, :class:`TrainingSources`); samples from several sources can be
+balanced: a fixed number per source per epoch, or per-source repeat factors. Evaluation sets are named (``val: {casia1: a.jsonl,
 columbia: b.jsonl}``): each becomes its own dataloader and its own metrics. The robustness protocol
 degrades the test images (``test_degradation: jpeg``, ``test_degradation_levels: [90, 70, 50]``): every
 (set, level) becomes its own dataloader named ``<set>@jpeg70``, so metrics and result tables come per level. Decoding, geometric and
@@ -11,6 +12,7 @@ after transfer (see :class:`~webiml.tasks.iml.IMLTask`).
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -20,9 +22,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from webiml.data.coco import CocoInstances
 from webiml.data.datasets import ManifestDataset, collate_skip_broken, records_from_paths
+from webiml.data.jitter_dataset import ObjectJitterDataset
 from webiml.data.manifest import ManifestError, ManifestRecord, read_manifest
 from webiml.data.masks import IgnoreBand
 from webiml.data.photo_pool import make_photo_pool, split_photo_pool  # noqa: F401 (re-exported)
@@ -88,11 +92,90 @@ def _named_sets(spec: EvalSets) -> dict[str, list[str]]:
     return named
 
 
+JitterSpec = Mapping[str, Any]
+
+_COCO_KEYS = ("include_crowd", "category_ids", "min_area", "max_side")
+_JITTER_KEYS = ("length", "size", "scale_range", "keep_aspect", "seed", "jitter", "p_jpeg", "jpeg_quality", "max_tries")
+
+
+def build_online_jitter(spec: JitterSpec, transform: Any = None) -> ObjectJitterDataset:
+    """An :class:`~webiml.data.jitter_dataset.ObjectJitterDataset` over
+    :class:`~webiml.data.coco.CocoInstances` from one ``online_jitter`` entry: ``coco`` (instances JSON or a
+    folder holding one) and ``images`` (default: CocoInstances'), ``source`` (default ``coco-jitter``), the
+    dataset's ``length``, ``size``, ``scale_range``, ``keep_aspect``, ``seed``, ``jitter``, ``p_jpeg``,
+    ``jpeg_quality``, ``max_tries`` and CocoInstances' ``include_crowd``, ``category_ids``, ``min_area``,
+    ``max_side``."""
+    spec = dict(spec)
+    unknown = set(spec) - {"coco", "images", "source", *_COCO_KEYS, *_JITTER_KEYS}
+    if "coco" not in spec or unknown:
+        raise ValueError(f"online_jitter entry {spec}: needs 'coco' (an instances JSON); unknown keys: {sorted(unknown)}")
+    instances = CocoInstances(spec["coco"], spec.get("images"), **{k: spec[k] for k in _COCO_KEYS if k in spec})
+    kw = {k: spec[k] for k in _JITTER_KEYS if k in spec}
+    for k in ("scale_range", "jpeg_quality"):
+        if k in kw:
+            kw[k] = tuple(kw[k])
+    return ObjectJitterDataset(instances, source=str(spec.get("source", "coco-jitter")), transform=transform, **kw)
+
+
+class TrainingSources(Dataset):
+    """Manifest samples, then the samples of each online Object Jitter set, as one index space.
+
+    ``sources`` names every index (for :class:`~webiml.data.samplers.SourceBalancedSampler`). Keys are those of
+    :class:`~webiml.data.datasets.ManifestDataset`: an index, or ``(index, sample_seed)`` from a seeded
+    sampler. A jitter sample of ``(index, sample_seed)`` is drawn from ``(jitter seed, sample_seed, index)``
+    and its transform from torch's RNG seeded with ``sample_seed``; the sampler's seeds change with its epoch
+    (Lightning's ``set_epoch``), so every epoch re-draws the jitter, identically for the same seed and epoch,
+    in DataLoader workers (persistent ones too) and after a resume. A bare index uses the jitter set's
+    own epoch (:meth:`set_epoch`).
+    """
+
+    def __init__(self, manifest: ManifestDataset | None, jitters: Sequence[ObjectJitterDataset]) -> None:
+        self.parts: list[Any] = ([manifest] if manifest is not None and len(manifest) else []) + list(jitters)
+        self.starts = [0]
+        for part in self.parts:
+            self.starts.append(self.starts[-1] + len(part))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    @property
+    def sources(self) -> list[str]:
+        names: list[str] = []
+        for part in self.parts:
+            names += part.sources if isinstance(part, ManifestDataset) else [part.source] * len(part)
+        return names
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            if isinstance(part, ObjectJitterDataset):
+                part.set_epoch(epoch)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        index, seed = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), None)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} training samples")
+        k = bisect.bisect_right(self.starts, index) - 1
+        part, local = self.parts[k], index - self.starts[k]
+        if seed is None:
+            return part[local]
+        if isinstance(part, ManifestDataset):
+            return part[(local, seed)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return part[(local, seed)]
+
+
 class IMLDataModule(L.LightningDataModule):
     """Data for single-image IML.
 
     Args:
         train: manifest path(s) for training.
+        online_jitter: Object Jitter drawn on the fly from COCO instances, re-drawn every epoch (the MIML
+            authors' ``coco`` set), as one more training source (or a list of them) beside ``train``:
+            ``{coco: instances.json, images: DIR, length: N, source: coco-jitter, size: 512, seed: 0}``
+            (:func:`build_online_jitter` lists every key). Its samples go through the training transform (list
+            its source in ``geometry_only_sources`` for the authors' resize + crop only), ``repeat`` and
+            ``samples_per_source`` count it like a manifest source.
         val, test: evaluation sets: a manifest path, a list of them, or ``{name: path}``.
         predict: images to predict: manifests, image files, folders or ``.txt`` lists.
         batch_size: training batch size per device.
@@ -171,6 +254,7 @@ class IMLDataModule(L.LightningDataModule):
         test_degradation_levels: list[float] | None = None,
         test_clean: bool = True,
         degradation_seed: int = 0,
+        online_jitter: dict[str, Any] | list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -180,6 +264,10 @@ class IMLDataModule(L.LightningDataModule):
             if not 0 <= low < high <= 255:
                 raise ValueError(f"eval_mask_band must satisfy 0 <= low < high <= 255, got {list(eval_mask_band)}")
         self.train_sets = [train] if isinstance(train, str | os.PathLike) else list(train or [])
+        self.online_jitter = [dict(online_jitter)] if isinstance(online_jitter, Mapping) else [dict(j) for j in online_jitter or []]
+        for spec in self.online_jitter:
+            if "coco" not in spec:
+                raise ValueError(f"online_jitter entry {spec}: needs 'coco' (an instances JSON)")
         self.val_sets = _named_sets(val)
         self.test_sets = _named_sets(test)
         self.predict_inputs = predict
@@ -253,8 +341,14 @@ class IMLDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         eval_tf = make_eval_transform(hp.eval_policy, size=hp.eval_size, max_side=hp.eval_max_side, min_side=hp.eval_min_side)
-        if stage in (None, "fit") and self.train_sets:
-            self._datasets["train"] = ManifestDataset(self._read(self.train_sets), self.train_transform(), train=True)
+        if stage in (None, "fit") and (self.train_sets or self.online_jitter):
+            transform = self.train_transform()
+            manifest = ManifestDataset(self._read(self.train_sets), transform, train=True) if self.train_sets else None
+            if not self.online_jitter:
+                self._datasets["train"] = manifest
+            else:
+                jitters = [build_online_jitter(spec, transform) for spec in self.online_jitter]
+                self._datasets["train"] = TrainingSources(manifest, jitters)
         if stage in (None, "fit", "validate"):
             self._datasets["val"] = [ManifestDataset(self._read_eval(p), eval_tf) for p in self.val_sets.values()]
         if stage in (None, "test"):
@@ -284,7 +378,8 @@ class IMLDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if "train" not in self._datasets:
-            raise ValueError("no training data: set data.train (or data.init_args.train) to one or more manifests")
+            raise ValueError("no training data: set data.train (or data.init_args.train) to one or more manifests "
+                             "(or data.online_jitter)")
         ds = self._datasets["train"]
         world, rank = self._world()
         hp = self.hparams
