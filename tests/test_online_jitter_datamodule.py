@@ -1,6 +1,6 @@
 """IMLDataModule's ``online_jitter``: Object Jitter from COCO instances as one more training source beside the
 manifests, re-drawn every epoch (through the seeded sampler's keys), identical for the same seed and epoch,
-counted by ``repeat``, with the geometry-only training transform; and one batch trains."""
+counted by ``repeat``, resized and cropped once (before the jitter, then only the crop); and one batch trains."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def test_online_jitter_is_a_training_source_counted_by_repeat(data: dict[str, Pa
     assert ds.sources == ["casia2"] * 3 + ["coco-jitter"] * 4
     jitter = ds.parts[1]
     assert isinstance(jitter, ObjectJitterDataset) and jitter.size == (SIZE, SIZE) and jitter.seed == 0
-    assert jitter.transform is dm._datasets["train"].parts[0].transform  # the datamodule's training transform
+    # resized + cropped before the jitter (the authors' order): afterwards only the crop, no second resize
+    names = [type(t).__name__ for t in jitter.transform.transforms]
+    assert names == ["RandomCropPad"], names
     loader = dm.train_dataloader()
     assert len(loader.sampler) == 3 * 2 + 4 * 3  # repeat factors: 6 manifest + 12 jitter samples per epoch
     sources = [ds.sources[i] for i, _ in loader.sampler]

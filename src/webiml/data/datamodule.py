@@ -173,8 +173,8 @@ class IMLDataModule(L.LightningDataModule):
         online_jitter: Object Jitter drawn on the fly from COCO instances, re-drawn every epoch (the MIML
             authors' ``coco`` set), as one more training source (or a list of them) beside ``train``:
             ``{coco: instances.json, images: DIR, length: N, source: coco-jitter, size: 512, seed: 0}``
-            (:func:`build_online_jitter` lists every key). Its samples go through the training transform (list
-            its source in ``geometry_only_sources`` for the authors' resize + crop only), ``repeat`` and
+            (:func:`build_online_jitter` lists every key). Its samples, resized and cropped before the
+            jitter as the authors do, then only get the crop (:meth:`online_jitter_transform`), ``repeat`` and
             ``samples_per_source`` count it like a manifest source.
         val, test: evaluation sets: a manifest path, a list of them, or ``{name: path}``.
         predict: images to predict: manifests, image files, folders or ``.txt`` lists.
@@ -336,6 +336,15 @@ class IMLDataModule(L.LightningDataModule):
         geometry = make_train_transform(**args, geometry_only=True)
         return BySource(transform, {name: geometry for name in plain})
 
+    def online_jitter_transform(self) -> Any:
+        """The transform of the online Object Jitter samples: they are already resized and cropped before the
+        jitter (the authors' order, inside :class:`~webiml.data.jitter_dataset.ObjectJitterDataset`), so only the
+        crop to ``crop_size`` remains (no second resize, no flip, no JPEG: the authors' geometry-only pipeline of
+        that set)."""
+        hp = self.hparams
+        return make_train_transform(crop_size=hp.crop_size, scale=(1.0, 1.0), resize_range=None, crop_bias=hp.crop_bias,
+                                    geometry_only=True)
+
     _resume_position: tuple[int, int] | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -347,7 +356,7 @@ class IMLDataModule(L.LightningDataModule):
             if not self.online_jitter:
                 self._datasets["train"] = manifest
             else:
-                jitters = [build_online_jitter(spec, transform) for spec in self.online_jitter]
+                jitters = [build_online_jitter(spec, self.online_jitter_transform()) for spec in self.online_jitter]
                 self._datasets["train"] = TrainingSources(manifest, jitters)
         if stage in (None, "fit", "validate"):
             self._datasets["val"] = [ManifestDataset(self._read_eval(p), eval_tf) for p in self.val_sets.values()]
