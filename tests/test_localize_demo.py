@@ -39,6 +39,37 @@ def test_tiled_equals_whole_for_pointwise_model() -> None:
     assert tiled.image_score == pytest.approx(float(whole.mask_probs.max()), abs=1e-4)
 
 
+class _WholeImage(_Pointwise):
+    """A model whose output depends on the whole image (here: minus the image mean), so it must never be tiled."""
+
+    tile_safe = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, int]] = []
+
+    def forward_padded(self, x: torch.Tensor) -> IMLOutput:
+        self.calls.append(tuple(x.shape[-2:]))
+        logits = self.conv(x)
+        return IMLOutput(mask_logits=logits - logits.mean(dim=(2, 3), keepdim=True))
+
+
+def test_models_that_need_the_whole_image_are_never_tiled() -> None:
+    torch.manual_seed(0)
+    model = _WholeImage().eval()
+    img = np.random.default_rng(1).integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    out = Localizer(model, device="cpu", tile=128, overlap=64).localize(img)
+    assert model.calls == [(320, 448)]  # one forward over the whole (padded) image despite tile=128
+    assert out.mask_probs.shape == (300, 420)
+    from webiml.models.mvss_net import MVSSNet
+    from webiml.models.noiseprint import NoiseprintPP
+    from webiml.models.trufor import TruFor
+
+    assert not NoiseprintPP.tile_safe and not TruFor.tile_safe and _Pointwise.tile_safe
+    small = {"channels": (8, 16, 32, 64), "layers": (1, 1, 1, 1)}
+    assert not MVSSNet(**small).tile_safe and MVSSNet(input_size=None, **small).tile_safe  # resized whole vs native
+
+
 def test_localize_large_image_keeps_size(tmp_path: Path) -> None:
     """A 4000x3000 photo is tiled (bounded memory) and its maps keep the full size. A per-pixel model keeps
     the test fast; the tiling path is the same for every model."""

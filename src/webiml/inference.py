@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -91,7 +92,8 @@ class Localizer:
     Args:
         model: an :class:`IMLModel` (moved to ``device`` and put in eval mode).
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
-        tile: tile side for large images; images whose long side is at most ``tile`` run whole.
+        tile: tile side for large images; images whose long side is at most ``tile`` run whole. Models with
+            ``tile_safe = False`` (global statistics, whole-image resize or pooling) always run whole.
         overlap: overlap between neighbouring tiles.
         batch_size: tiles per forward pass.
         amp: use bfloat16 autocast on CUDA.
@@ -102,7 +104,7 @@ class Localizer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         d = model.size_divisor
-        self.tile = max(d, tile // d * d)
+        self.tile = max(d, tile // d * d) if getattr(model, "tile_safe", True) else sys.maxsize
         self.overlap = min(overlap, self.tile // 2)
         self.batch_size = batch_size
         self.amp = amp and self.device.type == "cuda"

@@ -189,6 +189,10 @@ class IMLModel(HubModel, tags=["image-manipulation-localization"], pipeline_tag=
     min_input_size: int = 1
     """Inputs with a side below this are padded up to it (after rounding to :attr:`size_divisor`), for
     models that run unpadded (``size_divisor = 1``) but need a minimum size."""
+    tile_safe: bool = True
+    """Whether :class:`~webiml.inference.Localizer` may cut large images into tiles. ``False`` for models whose
+    output depends on the whole image (a global statistic, a fixed resize of the whole image, an image-level
+    pooling): they always run on the whole image, as their authors run them."""
     pixel_threshold: float = 0.5
     """Default binarisation threshold of the mask (``prob >= pixel_threshold``); saved with the model."""
     image_threshold: float = 0.5

@@ -252,6 +252,11 @@ class Mesorch(IMLModel):
         mean, std: input normalisation (ImageNet, as the authors).
     """
 
+    @property
+    def tile_safe(self) -> bool:  # type: ignore[override]
+        """With ``input_size`` the whole image is resized to it, as the authors do: tiles would each be resized."""
+        return self.input_size is None
+
     def __init__(
         self,
         size: str = "base",

@@ -229,6 +229,11 @@ class MVSSNet(IMLModel):
 
     size_divisor = 16
 
+    @property
+    def tile_safe(self) -> bool:  # type: ignore[override]
+        """With ``input_size`` the whole image is resized to it, as the authors do: tiles would each be resized."""
+        return self.input_size is None
+
     def __init__(self, input_size: int | None = 512, layers: Sequence[int] = (3, 4, 6, 3),
                  channels: Sequence[int] = (64, 128, 256, 512),
                  mean: tuple[float, float, float] = BGR_IMAGENET_MEAN,  # type: ignore[assignment]

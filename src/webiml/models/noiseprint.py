@@ -121,6 +121,7 @@ class BlindNoiseModel(Uint8Over256Input, IMLModel):
     """Shared part of the noise-residual models: blind localization of each residual into mask logits."""
 
     abstract = True
+    tile_safe = False  # the blind EM fits one model to the whole residual (upstream tiles only for memory)
     size_divisor = 1
     card_summary = (
         "A camera-trace (noise residual) forensic model ported to [webiml]({repo_url}): the network extracts a\n"

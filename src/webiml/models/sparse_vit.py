@@ -325,6 +325,11 @@ class SparseViT(IMLModel):
         "joins tokens a fixed stride apart (sparse attention), so it learns content-independent manipulation traces;\n"
         "a learnable per-channel fusion of its multi-scale features predicts the manipulation map.")
 
+    @property
+    def tile_safe(self) -> bool:  # type: ignore[override]
+        """With ``input_size`` the whole image is resized to it, as the authors do: tiles would each be resized."""
+        return self.input_size is None
+
     def __init__(
         self,
         size: str = "base",

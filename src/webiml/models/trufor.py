@@ -134,6 +134,8 @@ class TruFor(Uint8Over256Input, IMLModel):
         mean, std: input normalisation; the default maps ``uint8`` to ``uint8 / 256`` as the authors' loaders.
     """
 
+    tile_safe = False  # the detection score pools the whole image's maps; the authors run whole images
+
     size_divisor = 1
     pretrained_init_overrides: ClassVar[dict[str, Any]] = {**HubModel.pretrained_init_overrides, "noiseprint_weights": None}
     card_summary = (
