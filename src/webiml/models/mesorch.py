@@ -35,10 +35,9 @@ albumentations ``Resize`` before normalising, which is the same bilinear interpo
 uint8) and the logits are resized back to the image's size (bilinear), as the authors' test protocol
 (``--if_resizing --image_size 512``) scores resized predictions. With ``input_size=None`` the image runs at
 its own resolution (reflect-padded to a multiple of 32, logits upsampled x4 with ``align_corners=True``,
-cropped); the DCT and the min-max scaling then see the whole padded image. Note that
-:class:`webiml.inference.Localizer` (``webiml localize``) tiles images larger than its ``tile`` (1024) and
-each tile is then resized to 512; ``--tile`` above the image's long side resizes the whole image, as the
-authors do.
+cropped); the DCT and the min-max scaling then see the whole padded image. With
+``input_size`` set the model is not ``tile_safe``: :class:`webiml.inference.Localizer` (``webiml localize``)
+resizes the whole image, as the authors do.
 
 Training loss (the authors'): plain BCE on the 512 x 512 logits: ``IMLTask(bce_weight=1, dice_weight=0)``.
 

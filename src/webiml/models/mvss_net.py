@@ -44,9 +44,8 @@ Deviations from the official code (none changes the network's output on the same
 - **Bayar constraint.** The authors rescale the 24 free weights of each 5x5 kernel to sum 1 by assigning
   ``kernel.data`` at every forward (no gradient through the rescaling, the centre fixed at -1); webiml does
   the same rescaling in place on ``kernel.data``.
-- Large images: :class:`~webiml.inference.Localizer` tiles images longer than its ``tile`` (1024) and each tile
-  is resized to ``input_size``; the authors resize the whole image, which ``Localizer(model, tile=...)`` at
-  least the image's size (or :meth:`MVSSNet.predict`) reproduces.
+- Large images: with ``input_size`` set the model is not ``tile_safe``, so :class:`~webiml.inference.Localizer`
+  resizes the whole image, as the authors do (with ``input_size=None`` it may tile).
 - MVSS-Net++ checkpoints (``mvssnetplus.md``) are not supported: their model code is not released.
 """
 

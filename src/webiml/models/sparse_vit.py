@@ -37,9 +37,8 @@ input size. ``input_size=None`` runs at the image's own resolution instead (a we
 padded to a multiple of :attr:`size_divisor`, 128 for the official rates, and the map cropped back); the
 authors' code cannot run other sizes (their patch embedding asserts the size; their group split needs a square
 map of 32 x 32 tokens at stride 16).
-:class:`webiml.inference.Localizer` cuts images longer than its ``tile`` (1024 by default) into tiles, each
-then resized to 512 x 512; the authors resize the whole image, which ``Localizer(model, tile=<long side>)`` or
-:meth:`SparseViT.predict` do.
+With ``input_size`` set the model is not ``tile_safe``: :class:`webiml.inference.Localizer` resizes the whole
+image, as the authors do (with ``input_size=None`` it may tile).
 
 Deviations from the official code, all outside the network at 512 x 512 (where the converted model equals
 the authors' ``SparseViT_Mul`` up to float rounding):
