@@ -298,3 +298,14 @@ def _crop_fraction(t: Tensor, fh: float, fw: float) -> Tensor:
     hh = max(1, round(t.shape[-2] * fh))
     ww = max(1, round(t.shape[-1] * fw))
     return t[..., :hh, :ww]
+
+
+class WholeImageResize:
+    """Mixin (before :class:`IMLModel`) for models that resize the whole image to a square ``input_size`` as
+    their authors do (``None``: native size): then tiles would each be resized, so they are not ``tile_safe``."""
+
+    input_size: int | None
+
+    @property
+    def tile_safe(self) -> bool:
+        return self.input_size is None

@@ -60,7 +60,7 @@ from timm.layers import LayerNorm2d
 from timm.models.convnext import ConvNeXt
 from torch import Tensor, nn
 
-from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLModel, IMLOutput
+from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLModel, IMLOutput, WholeImageResize
 from webiml.models.mit import MiTBlock, OverlapPatchEmbed, mit_stage
 from webiml.models.registry import register_model
 
@@ -235,7 +235,7 @@ def _read_weights(weights: str) -> dict[str, Tensor]:
     return timm.create_model(weights, pretrained=True).state_dict()
 
 
-class Mesorch(IMLModel):
+class Mesorch(WholeImageResize, IMLModel):
     """Mesorch (see the module docstring): one mask logit, no image head.
 
     Args:
@@ -250,11 +250,6 @@ class Mesorch(IMLModel):
         convnext_weights, mit_weights: ImageNet initialisation of the encoders (:meth:`load_encoder_weights`).
         mean, std: input normalisation (ImageNet, as the authors).
     """
-
-    @property
-    def tile_safe(self) -> bool:  # type: ignore[override]
-        """With ``input_size`` the whole image is resized to it, as the authors do: tiles would each be resized."""
-        return self.input_size is None
 
     def __init__(
         self,

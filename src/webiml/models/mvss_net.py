@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from timm.models.resnet import Bottleneck, ResNet
 from torch import Tensor, nn
 
-from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLModel, IMLOutput, _crop_fraction
+from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLModel, IMLOutput, WholeImageResize, _crop_fraction
 from webiml.models.layers import resize_probabilities
 
 BGR_IMAGENET_MEAN = tuple(reversed(IMAGENET_MEAN))
@@ -214,7 +214,7 @@ class DAHead(nn.Module):
         return self.out(p + c)
 
 
-class MVSSNet(IMLModel):
+class MVSSNet(WholeImageResize, IMLModel):
     """MVSS-Net (ICCV 2021), the released ``get_mvss(sobel=True, constrain=True)`` model; see the module docstring.
 
     Args:
@@ -227,11 +227,6 @@ class MVSSNet(IMLModel):
     """
 
     size_divisor = 16
-
-    @property
-    def tile_safe(self) -> bool:  # type: ignore[override]
-        """With ``input_size`` the whole image is resized to it, as the authors do: tiles would each be resized."""
-        return self.input_size is None
 
     def __init__(self, input_size: int | None = 512, layers: Sequence[int] = (3, 4, 6, 3),
                  channels: Sequence[int] = (64, 128, 256, 512),

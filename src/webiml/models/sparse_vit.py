@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 
-from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLModel, IMLOutput
+from webiml.models.base import IMAGENET_MEAN, IMAGENET_STD, IMLModel, IMLOutput, WholeImageResize
 from webiml.models.mit import DWConv, MixFFN
 
 SPARSE_VIT_PRESETS: dict[str, dict[str, Any]] = {
@@ -304,7 +304,7 @@ def load_uniformer_weights(encoder: nn.Module, path: str | Path) -> list[str]:
     return sorted(set(own) - set(usable))
 
 
-class SparseViT(IMLModel):
+class SparseViT(WholeImageResize, IMLModel):
     """SparseViT (AAAI 2025): sparse-attention UniFormer backbone + LFF head; see the module docstring.
 
     Args:
@@ -323,11 +323,6 @@ class SparseViT(IMLModel):
         "SparseViT ported to [webiml]({repo_url}): a UniFormer-style vision transformer whose self-attention only\n"
         "joins tokens a fixed stride apart (sparse attention), so it learns content-independent manipulation traces;\n"
         "a learnable per-channel fusion of its multi-scale features predicts the manipulation map.")
-
-    @property
-    def tile_safe(self) -> bool:  # type: ignore[override]
-        """With ``input_size`` the whole image is resized to it, as the authors do: tiles would each be resized."""
-        return self.input_size is None
 
     def __init__(
         self,
