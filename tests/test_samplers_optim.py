@@ -92,6 +92,34 @@ def test_layer_decay_finds_backbones_and_timm_feature_stages() -> None:
         assert min(scales) < 0.9 < max(scales) == 1.0, type(model).__name__
 
 
+def test_models_that_name_their_encoders_get_layer_decay_and_freezing() -> None:
+    """Mesorch (two encoders, timm and MiT stage names) and SparseViT (``encoder_net``, UniFormer names) declare
+    ``encoder_names``: stage k of 4 gets 0.9 ** (5 - k), heads keep 1, and freeze_encoder fixes exactly them."""
+    import webiml
+    from webiml.tasks.iml import IMLTask
+
+    for name, kwargs in (("mesorch_tiny", {"input_size": None}), ("SparseViT", {"size": "tiny", "input_size": 128})):
+        model = webiml.create_model(name, **kwargs)
+        scale_of = {}
+        for group in param_groups(model, 0.05, layer_decay=0.9):
+            ids = {id(p) for p in group["params"]}
+            scale_of.update({n: group["lr_scale"] for n, p in model.named_parameters() if id(p) in ids})
+        encoders = model.encoder_names
+        assert {n.split(".")[0] for n, s in scale_of.items() if s < 1} == set(encoders), name
+        assert all(s == 1.0 for n, s in scale_of.items() if n.split(".")[0] not in encoders), name
+        expected = {encoders[-1] + ".patch_embed1.": 0.9 ** 4, encoders[-1] + ".norm4.": 0.9}
+        if name == "mesorch_tiny":
+            expected.update({"convnext.stem.": 0.9 ** 5, "convnext.stages.0.": 0.9 ** 4, "convnext.stages.3.": 0.9})
+        for prefix, scale in expected.items():
+            found = [s for n, s in scale_of.items() if n.startswith(prefix)]
+            assert found and found == pytest.approx([scale] * len(found)), (name, prefix)
+        task = IMLTask(net=model, freeze_encoder=True)
+        frozen = {n.split(".")[0] for n, p in task.net.named_parameters() if not p.requires_grad}
+        assert frozen == set(encoders), name
+    with pytest.raises(ValueError, match="has no 'encoder' submodule"):
+        IMLTask(net=webiml.create_model("CATNet"), freeze_encoder=True)
+
+
 def test_timm_layer_decay_and_schedulers_differ_from_ours_which_is_why_we_keep_ours() -> None:
     """Why tasks/optim.py is not timm.optim + timm.scheduler (measured, timm 1.0):
 

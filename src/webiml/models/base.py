@@ -200,6 +200,10 @@ class IMLModel(HubModel, tags=["image-manipulation-localization"], pipeline_tag=
     model (``webiml calibrate``) stores the threshold that calls a target share of held-out authentic
     photos authentic; saved with the model."""
 
+    encoder_names: ClassVar[tuple[str, ...]] = ()
+    """Attribute names of the (pretrained) encoder submodules, for ``freeze_encoder`` and layer-wise lr decay;
+    empty: the ``encoder`` (or ``backbone``) submodule, as smp, Web-IML, APSC-Net, TruFor and IML-ViT name it."""
+
     uses_jpeg_dct: ClassVar[bool] = False
     """``True`` for models whose ``forward(x, dct=None, qtable=None)`` also reads the JPEG's DCT coefficients
     (CAT-Net); :class:`webiml.inference.Localizer` then passes them (see :mod:`webiml.jpeg`)."""

@@ -251,6 +251,8 @@ class Mesorch(WholeImageResize, IMLModel):
         mean, std: input normalisation (ImageNet, as the authors).
     """
 
+    encoder_names = ("convnext", "segformer")  # for freeze_encoder and layer-wise lr decay
+
     def __init__(
         self,
         size: str = "base",

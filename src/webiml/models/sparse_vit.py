@@ -319,6 +319,8 @@ class SparseViT(WholeImageResize, IMLModel):
         mean, std: input normalisation (ImageNet, as the authors').
     """
 
+    encoder_names = ("encoder_net",)  # for freeze_encoder and layer-wise lr decay
+
     card_summary = (
         "SparseViT ported to [webiml]({repo_url}): a UniFormer-style vision transformer whose self-attention only\n"
         "joins tokens a fixed stride apart (sparse attention), so it learns content-independent manipulation traces;\n"

@@ -151,10 +151,13 @@ class BaseTask(L.LightningModule):
         elif init_weights is not None:
             type(self).load_init_weights(net, init_weights)
         if freeze_encoder:
-            encoder = getattr(net, "encoder", None)
-            if encoder is None:
-                raise ValueError(f"freeze_encoder: {type(net).__name__} has no 'encoder' attribute")
-            encoder.requires_grad_(False)
+            names = tuple(getattr(net, "encoder_names", ())) or ("encoder",)
+            missing = [n for n in names if not isinstance(getattr(net, n, None), nn.Module)]
+            if missing:
+                raise ValueError(f"freeze_encoder: {type(net).__name__} has no {' / '.join(repr(n) for n in missing)} "
+                                 "submodule (models name theirs in `encoder_names`)")
+            for n in names:
+                getattr(net, n).requires_grad_(False)
         return net
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -18,6 +18,8 @@ from torch import nn
 
 # "stages.2", "blocks.2" (timm), "stages_2" (timm features_only), "layer2" (torchvision ResNet), ...
 _STAGE = re.compile(r"(?:^|\.)(?:stages|blocks|layers|layer|stage|features)[._]?(\d+)(?:\.|$)")
+# MiT / UniFormer name their stages from 1: "patch_embed2", "block2" / "blocks2", "norm2" are all stage 2.
+_NUMBERED_STAGE = re.compile(r"(?:^|\.)(?:patch_embed|blocks?|norm)(\d+)(?:\.|$)")
 ENCODER_NAMES = ("encoder", "backbone")
 
 
@@ -27,6 +29,24 @@ def encoder_layer_id(name: str, num_layers: int) -> int:
     if m is None:
         return 0
     return min(int(m.group(1)) + 1, num_layers - 1)
+
+
+def declared_encoder_scales(named: list[tuple[str, nn.Parameter]], encoders: tuple[str, ...], layer_decay: float,
+                            num_stages: int = 4) -> dict[str, float]:
+    """Layer decay over the encoders a model names in ``encoder_names`` (e.g. Mesorch's ConvNeXt and SegFormer,
+    SparseViT's ``encoder_net``): stage ``k`` of ``num_stages`` (``stages.{k-1}`` in timm's naming, or
+    ``patch_embed{k}`` / ``block{k}`` / ``blocks{k}`` / ``norm{k}`` in MiT / UniFormer's) gets
+    ``decay ** (num_stages + 1 - k)``, stem parameters ``decay ** (num_stages + 1)``, the rest of the model 1."""
+    scales = {}
+    for name, _ in named:
+        encoder = next((e for e in encoders if name.startswith(e + ".")), None)
+        if encoder is None:
+            continue
+        rest = name[len(encoder) + 1:]
+        zero_based, one_based = _STAGE.search(rest), _NUMBERED_STAGE.search(rest)
+        stage = int(zero_based.group(1)) + 1 if zero_based else int(one_based.group(1)) if one_based else 0
+        scales[name] = layer_decay ** (num_stages + 1 - min(stage, num_stages))
+    return scales
 
 
 def _encoder_scales(named: list[tuple[str, nn.Parameter]], enc: str, layer_decay: float) -> dict[str, float]:
@@ -62,6 +82,8 @@ def param_groups(
 
     - a model with a ``layer_decay_ids()`` method (APSC-Net: the official stage-wise ConvNeXt ids) gives
       each parameter name a layer id ``i`` of ``L`` layers: ``lr_scale = decay ** (L - 1 - i)``;
+    - a model that names its encoders (``encoder_names``, e.g. ``("convnext", "segformer")``) gets
+      :func:`declared_encoder_scales`;
     - otherwise encoder parameters at depth ``i`` of ``L`` get ``lr_scale = decay ** (L - i)``
       (see :func:`_encoder_scales`) and everything outside the encoder (decoder, heads) keeps
       ``lr_scale = 1``. The encoder is the first submodule whose own name is one of ``encoder_names``
@@ -73,6 +95,8 @@ def param_groups(
     if layer_decay is not None and callable(hook):
         ids, num_layers = hook()
         scales = {n: layer_decay ** (num_layers - 1 - ids[n]) for n, _ in named}
+    elif layer_decay is not None and getattr(model, "encoder_names", ()):
+        scales = declared_encoder_scales(named, tuple(model.encoder_names), layer_decay)
     elif layer_decay is not None:
         enc_names = [n for n, _ in model.named_modules() if n.split(".")[-1] in encoder_names]
         if enc_names:
