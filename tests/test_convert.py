@@ -75,6 +75,19 @@ def test_convert_verb_round_trip(tmp_path: Path, source: APSCNet, capsys) -> Non
     torch.testing.assert_close(got.image_logits, ref.image_logits)
 
 
+def test_convert_verb_options_reach_the_model(tmp_path: Path, source: APSCNet, capsys) -> None:
+    src = _save(tmp_path / "APSC-Net.pth", _official(source))
+    out = tmp_path / "apsc-net"
+    assert main(["convert", "apsc-net", str(src), str(out), "--option", "dropout=0.2", "-o", "drop_path_rate=0.1"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["dropout"] == 0.2 and config["drop_path_rate"] == 0.1 and config["dims"] == [16, 24, 40, 48]
+    assert main(["convert", "apsc-net", str(src), str(tmp_path / "bad"), "--option", "no_such_argument=1"]) == 1
+    err = capsys.readouterr().err
+    assert "no_such_argument" in err and "Traceback" not in err and not (tmp_path / "bad" / "model.safetensors").exists()
+    assert main(["convert", "apsc-net", str(src), str(tmp_path / "bad"), "--option", "input_size"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
 def test_bare_state_dict_without_image_head(tmp_path: Path) -> None:
     """The training config (``Decode_seg``) has no ``cls_head``: the converter builds the model without it."""
     model = APSCNet(size="tiny", image_head=False).eval()
