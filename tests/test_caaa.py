@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -318,6 +319,25 @@ def test_tasks_fit_on_tiny_synthetic_pairs(tmp_path, mode: str) -> None:
             preds = trainer.predict(task, dataloaders=dm.val_dataloader())
             first = preds[0][0]
             assert first["mask_probs"].ndim == 2
+
+
+def test_a_broken_pair_is_reported_and_left_out_of_evaluation(tmp_path, caplog) -> None:
+    """One unreadable forged image among the validation pairs: validation, test and predict run on the others."""
+    dm = _dm(tmp_path, "spg", num_val=3)
+    dm.prepare_data()
+    dm.setup("fit")
+    records = dm.datasets["val"].records
+    Path(records[1].forged).write_bytes(b"not an image")
+    trainer = _trainer()
+    task = PairSegmenterTask(SPGSegmenter(), lr=1e-3)
+    dm.batch_size = dm.eval_batch_size = 1
+    with warnings.catch_warnings(), caplog.at_level("WARNING"):
+        warnings.simplefilter("ignore")
+        metrics = trainer.validate(task, dataloaders=dm.val_dataloader())[0]
+        preds = [p for batch in trainer.predict(task, dataloaders=dm.val_dataloader()) for p in batch]
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))
+    assert "skipping broken pair 1" in caplog.text and records[1].forged in caplog.text
+    assert [p["index"] for p in preds] == [0, 2]
 
 
 def test_pair_checkpoints_export_to_an_annotator_folder(tmp_path) -> None:

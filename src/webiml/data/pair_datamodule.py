@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from webiml.align import box_homography, warp_original
 from webiml.data.masks import IGNORE, target_from_mask
@@ -63,6 +63,12 @@ def _resize_target(target: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(target.shape[-2:]) == size:
         return target
     return F.interpolate(target[None], size=size, mode="nearest")[0]
+
+
+def collate_pairs(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Collate the pairs that loaded (broken ones are ``None``); ``None`` when none did (the task skips it)."""
+    kept = [b for b in batch if b is not None]
+    return default_collate(kept) if kept else None
 
 
 class PairDataset(Dataset):
@@ -129,18 +135,19 @@ class PairDataset(Dataset):
             raise ValueError(f"{path}: mask shape {m.shape} does not match its image {hw}")
         return target_from_mask(m)[None]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """An item; in training a broken pair (unreadable file, a decompression bomb, mismatched mask) is
-        reported once and another pair takes its place, in evaluation its one-line error stops the run."""
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        """An item. A broken pair (unreadable file, a decompression bomb, mismatched mask) is reported once;
+        in training another pair takes its place, in evaluation it is left out (``None``, dropped by
+        :func:`collate_pairs`) so one bad pair among thousands does not stop a test run."""
         for _ in range(10):
             try:
                 return self._load(index)
             except (ImageReadError, ValueError) as err:
-                if not self.train:
-                    raise
                 if index not in self._reported:
                     self._reported.add(index)
                     log.warning("skipping broken pair %d: %s", index, err)
+                if not self.train:
+                    return None
                 index = int(torch.randint(len(self.records), ()).item())
         raise RuntimeError(f"10 broken pairs in a row in a dataset of {len(self.records)}; last: {self.records[index].forged}")
 
@@ -310,7 +317,7 @@ class PairDataModule(L.LightningDataModule):
         return DataLoader(
             self.datasets[split], batch_size=self.batch_size if split == "train" else self.eval_batch_size, shuffle=shuffle,
             num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=False,
-            persistent_workers=self.num_workers > 0 and split == "train",
+            persistent_workers=self.num_workers > 0 and split == "train", collate_fn=collate_pairs,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -153,7 +153,9 @@ class PairClassifierTask(_PairTask):
     def compute_metrics(self, metrics: MetricCollection) -> dict[str, float]:
         return {name: float(metric.compute()) for name, metric in metrics.items() if metric.update_count}
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: dict[str, Any] | None, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        if batch is None:
+            return []
         out = self.net(batch["original"], batch["forged"])
         spg, al = out.spg_probs().float(), out.aligned_probs().float()
         return [
@@ -219,7 +221,9 @@ class PairSegmenterTask(_PairTask):
     def compute_metrics(self, metrics: MetricCollection) -> dict[str, float]:
         return {f"pixel_{k}": float(v) for k, v in metrics["pixel"].compute().items() if not k.startswith("n_")}
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: dict[str, Any] | None, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        if batch is None:
+            return []
         fn = self.net.forward_tta if hasattr(self.net, "forward_tta") else self.net
         probs = fn(batch["original"], batch["forged"]).mask_logits.sigmoid().float()
         results = []
