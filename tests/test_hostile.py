@@ -652,4 +652,6 @@ def test_pair_training_skips_a_bomb_pair(tmp_path: Path) -> None:
     item = PairDataset(records, mode="classifier", size=32, train=True)[0]
     assert int(item["index"]) == 1  # the good pair took the bomb's place
     with pytest.raises(ImageReadError, match=r"bomb\.png: image is .*over the limit"):
-        PairDataset(records, mode="classifier", size=32, train=False)[0]
+        PairDataset(records, mode="classifier", size=32, train=False)._load(0)
+    # in evaluation the bomb is reported and left out (collate_pairs drops the None)
+    assert PairDataset(records, mode="classifier", size=32, train=False)[0] is None
