@@ -227,6 +227,53 @@ def test_localize_verb_reads_jpeg_coefficients_and_orients(tmp_path: Path) -> No
         assert im.size == (64, 40)
 
 
+def test_evaluation_samples_carry_the_files_coefficients_when_they_still_fit(tmp_path: Path) -> None:
+    """``IMLDataModule(jpeg_dct=True)``: a JPEG at its stored size keeps its own coefficients; a PNG, a resized
+    JPEG (fixed policy), an EXIF-rotated one and a degraded one are re-compressed at quality 100; collate pads the
+    grids; ``webiml test``'s task then feeds them to CAT-Net, and its maps are the Localizer's."""
+    from webiml.data.datamodule import IMLDataModule
+    from webiml.data.datasets import ManifestDataset, ManifestRecord
+    from webiml.data.transforms import AttachJpegDCT, Compose, collate_iml, make_eval_transform
+    from webiml.tasks.iml import IMLTask
+
+    Image.fromarray(_photo(75, 99)).save(tmp_path / "a.jpg", quality=80)
+    Image.fromarray(_photo(60, 70, seed=1)).save(tmp_path / "b.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_photo(40, 64, seed=2)).save(tmp_path / "rot.jpg", quality=90, exif=exif)
+    records = [ManifestRecord(str(tmp_path / n)) for n in ("a.jpg", "b.png", "rot.jpg")]
+    native = ManifestDataset(records, Compose([*make_eval_transform("native", min_side=16).transforms, AttachJpegDCT()]))
+    a, b, rot = native[0], native[1], native[2]
+    own = read_jpeg_dct(tmp_path / "a.jpg")
+    assert a["dct"].shape == (96, 128) and torch.equal(a["dct"][:80, :104], torch.from_numpy(own.coef[:80, :104]))
+    assert not a["dct"][80:].any() and torch.equal(a["qtable"], torch.from_numpy(own.qtable))
+    b_rgb, b_dct = recompress(np.asarray(Image.open(tmp_path / "b.png").convert("RGB")))
+    assert torch.equal(b["image"][:, :60, :70], torch.from_numpy(b_rgb).permute(2, 0, 1))
+    assert torch.equal(b["dct"][:64, :72], torch.from_numpy(b_dct.coef)) and float(b["qtable"].max()) == 1.0
+    assert float(rot["qtable"].max()) == 1.0  # shown rotated: the stored grid no longer fits, re-compressed
+    resized = ManifestDataset(records[:1], Compose([*make_eval_transform("fixed", size=64).transforms, AttachJpegDCT()]))[0]
+    assert resized["dct"].shape == (64, 64) and float(resized["qtable"].max()) == 1.0
+    batch = collate_iml([a, b])
+    assert batch["dct"].shape == (2, 96, 128) and not batch["dct"][1, 64:].any()
+
+    (tmp_path / "set.jsonl").write_text(json.dumps({"image": str(tmp_path / "a.jpg"), "label": 0}) + "\n")
+    dm = IMLDataModule(test={"set": str(tmp_path / "set.jsonl")}, eval_policy="native", eval_min_side=16, num_workers=0,
+                       jpeg_dct=True, test_degradation="jpeg", test_degradation_levels=[70], pin_memory=False)
+    dm.setup("test")
+    clean, degraded = dm._datasets["test"][0][0], dm._datasets["test"][1][0]
+    assert torch.equal(clean["dct"], a["dct"]) and float(degraded["qtable"].max()) == 1.0
+    model = _tiny()
+    task = IMLTask(net=model).eval()
+    x = model.normalize(batch["image"][:1])
+    with torch.no_grad():
+        got = task.forward_batch({"image": x, "dct": batch["dct"][:1], "qtable": batch["qtable"][:1]}).mask_logits
+        own_coefficients = model(x, torch.from_numpy(np.pad(own.coef, ((0, 16), (0, 24))))[None, :96, :128],
+                                 torch.from_numpy(own.qtable)[None]).mask_logits
+        without = task.forward_batch({"image": x}).mask_logits  # no coefficients: re-compressed at quality 100
+    torch.testing.assert_close(got, own_coefficients)
+    assert (got - without).abs().max() > 1e-5  # the coefficients reached the DCT stream
+
+
 # -- converter ----------------------------------------------------------------------------------------
 
 

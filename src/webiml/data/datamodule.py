@@ -31,7 +31,7 @@ from webiml.data.manifest import ManifestError, ManifestRecord, read_manifest
 from webiml.data.masks import IgnoreBand
 from webiml.data.photo_pool import make_photo_pool, split_photo_pool  # noqa: F401 (re-exported)
 from webiml.data.samplers import SourceBalancedSampler, UnrepeatedDistributedSampler
-from webiml.data.transforms import BySource, Compose, Degrade, make_eval_transform, make_train_transform
+from webiml.data.transforms import AttachJpegDCT, BySource, Compose, Degrade, make_eval_transform, make_train_transform
 
 EvalSets = Mapping[str, str] | Sequence[str] | str | None
 
@@ -216,6 +216,9 @@ class IMLDataModule(L.LightningDataModule):
             (test set, level) is a dataloader named ``<set>@<kind><level>`` (e.g. ``casia1@jpeg70``).
         test_clean: with a degradation, also evaluate each test set undegraded (named ``<set>``).
         degradation_seed: seed of the noise degradation (the same noise for every run).
+        jpeg_dct: evaluation samples carry JPEG DCT coefficients (``dct``, ``qtable``) for models that read them
+            (CAT-Net): a JPEG file's own when the policy keeps it at its stored size, otherwise those of a quality-100
+            re-compression, as the authors do for non-JPEG input (:class:`~webiml.data.transforms.AttachJpegDCT`).
     """
 
     def __init__(
@@ -255,6 +258,7 @@ class IMLDataModule(L.LightningDataModule):
         test_clean: bool = True,
         degradation_seed: int = 0,
         online_jitter: dict[str, Any] | list[dict[str, Any]] | None = None,
+        jpeg_dct: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -347,6 +351,12 @@ class IMLDataModule(L.LightningDataModule):
 
     _resume_position: tuple[int, int] | None = None
 
+    @staticmethod
+    def _after_degradation(eval_tf: Compose) -> list[Any]:
+        """The evaluation transforms that follow a degradation: a degraded image no longer has its file's JPEG
+        coefficients, so :class:`AttachJpegDCT` re-compresses it."""
+        return [AttachJpegDCT(use_file=False) if isinstance(tf, AttachJpegDCT) else tf for tf in eval_tf.transforms]
+
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         eval_tf = make_eval_transform(hp.eval_policy, size=hp.eval_size, max_side=hp.eval_max_side, min_side=hp.eval_min_side)
@@ -358,13 +368,15 @@ class IMLDataModule(L.LightningDataModule):
             else:
                 jitters = [build_online_jitter(spec, self.online_jitter_transform()) for spec in self.online_jitter]
                 self._datasets["train"] = TrainingSources(manifest, jitters)
+        if hp.get("jpeg_dct", False):
+            eval_tf = Compose([*eval_tf.transforms, AttachJpegDCT()])
         if stage in (None, "fit", "validate"):
             self._datasets["val"] = [ManifestDataset(self._read_eval(p), eval_tf) for p in self.val_sets.values()]
         if stage in (None, "test"):
             records = {name: self._read_eval(paths) for name, paths in self.test_sets.items()}
             hp_seed = hp.get("degradation_seed", 0)
             self._datasets["test"] = [
-                ManifestDataset(records[base], eval_tf if kind == "none" else Compose([Degrade(kind, level, hp_seed), *eval_tf.transforms]))
+                ManifestDataset(records[base], eval_tf if kind == "none" else Compose([Degrade(kind, level, hp_seed), *self._after_degradation(eval_tf)]))
                 for base, kind, level in self.test_variants.values()
             ]
         if stage in (None, "predict") and self.predict_inputs:

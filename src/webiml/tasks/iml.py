@@ -120,6 +120,19 @@ class IMLTask(BaseTask):
             batch["image"] = self.gpu_augment(batch["image"])
         return batch
 
+    def forward_batch(self, batch: dict[str, Any]) -> IMLOutput:
+        """The net on the batch's images; a model that reads JPEG coefficients (CAT-Net) also gets the batch's
+        ``dct`` / ``qtable`` (``data.init_args.jpeg_dct: true``), else it re-compresses every image itself."""
+        if getattr(self.net, "uses_jpeg_dct", False):
+            if "dct" in batch and not self.training:
+                return self.net(batch["image"], dct=batch["dct"], qtable=batch["qtable"])
+            if not self.training and not getattr(self, "_warned_no_dct", False):
+                self._warned_no_dct = True
+                log.warning("%s reads JPEG coefficients but the batches carry none: every image is re-compressed at "
+                            "quality 100. Set data.init_args.jpeg_dct: true to evaluate JPEG files with their own.",
+                            type(self.net).__name__)
+        return self.net(batch["image"])
+
     def losses(self, out: IMLOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
         return self.criterion(out, batch["mask"], batch.get("label"), batch.get("weight"))
 
@@ -180,7 +193,7 @@ class IMLTask(BaseTask):
 
     # -- prediction ---------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        out = self.net(batch["image"])
+        out = self.forward_batch(batch)
         probs = out.mask_logits.sigmoid().float()
         scores = out.image_probs().float()
         results = []

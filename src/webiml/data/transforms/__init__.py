@@ -51,6 +51,7 @@ from webiml.data.transforms.evaluation import (
     restore_logits,
     restore_prediction,
 )
+from webiml.data.transforms.jpeg_dct import AttachJpegDCT
 from webiml.data.transforms.sample import (
     BySource,
     RandomAbsoluteResize,
@@ -64,6 +65,7 @@ from webiml.data.transforms.sample import (
 )
 
 __all__ = [
+    "AttachJpegDCT",
     "BySource",
     "Compose",
     "Degrade",

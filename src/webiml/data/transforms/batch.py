@@ -14,6 +14,7 @@ from webiml.data.transforms._base import Sample, _pad_bottom_right, _range
 
 _PAD_VALUE = {"image": 0.0, "mask": IGNORE}
 _ALWAYS_LIST = {"mask_orig"}
+_PAD_TO_LARGEST = {"dct": 0}  # JPEG coefficients on each padded image's 8x8 grid (AttachJpegDCT)
 
 
 def collate_iml(batch: list[Sample]) -> dict[str, Any]:
@@ -21,7 +22,7 @@ def collate_iml(batch: list[Sample]) -> dict[str, Any]:
 
     Same-shape tensors are stacked and numbers become tensors. ``image``/``mask`` of different sizes are padded
     bottom/right to the batch maximum (image 0, mask IGNORE) and stacked; ``valid_size`` is then added when the
-    samples lack it. ``mask_orig``, other tensors whose shapes differ, strings and anything else stay lists.
+    samples lack it. JPEG coefficients (``dct``) are padded with zeros to the largest grid. ``mask_orig``, other tensors whose shapes differ, strings and anything else stay lists.
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
@@ -40,6 +41,9 @@ def collate_iml(batch: list[Sample]) -> dict[str, Any]:
             out[key] = torch.stack([
                 _pad_bottom_right(v, hmax - v.shape[-2], wmax - v.shape[-1], _PAD_VALUE[key]) for v in values
             ])
+        elif key in _PAD_TO_LARGEST and all(isinstance(v, torch.Tensor) for v in values):
+            gh, gw = max(v.shape[-2] for v in values), max(v.shape[-1] for v in values)
+            out[key] = torch.stack([_pad_bottom_right(v, gh - v.shape[-2], gw - v.shape[-1], _PAD_TO_LARGEST[key]) for v in values])
         elif all(isinstance(v, torch.Tensor) for v in values):
             same = len({(tuple(v.shape), v.dtype) for v in values}) == 1
             out[key] = torch.stack(values) if same else values
