@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from webiml.calibration import VARIANTS, authentic_variant, image_auc, threshold_for_specificity, verdict_rates
+from webiml.calibration import (
+    VARIANTS,
+    allowed_false_alarms,
+    authentic_variant,
+    image_auc,
+    threshold_for_specificity,
+    verdict_rates,
+)
 from webiml.evaluation import paired_comparison
 from webiml.metrics import pixel_f1_iou
 
@@ -19,6 +26,24 @@ def test_threshold_meets_the_specificity_and_is_the_lowest_that_does(spec: float
     below = np.sort(scores)[np.sort(scores) < t]
     # any lower threshold at or below the largest score called authentic would miss the target
     assert (scores < below[-1]).mean() < spec
+
+
+@pytest.mark.parametrize("n", [13, 36, 159, 1000])
+def test_confident_threshold_allows_the_false_alarms_an_exact_binomial_bound_allows(n: int) -> None:
+    """x false alarms of n are allowed when the Clopper-Pearson 95 % upper bound of the false-alarm rate is at
+    most 0.1, and x + 1 would exceed it; the threshold then calls n - x photos authentic."""
+    from scipy.stats import beta
+
+    x = allowed_false_alarms(n, 0.9, 0.95)
+    assert x < allowed_false_alarms(n, 0.9) == int(0.1 * n)
+    if x >= 0:
+        assert beta.ppf(0.95, x + 1, n - x) <= 0.1
+    assert beta.ppf(0.95, x + 2, n - x - 1) > 0.1
+    scores = np.random.default_rng(n).random(n)
+    assert int((scores >= threshold_for_specificity(scores, 0.9, 0.95)).sum()) == max(x, 0)
+    assert allowed_false_alarms(159, 0.9, 0.95) == 9
+    with pytest.raises(ValueError):
+        allowed_false_alarms(10, 0.9, 1.0)
 
 
 def test_threshold_with_ties_and_bad_input() -> None:

@@ -92,7 +92,7 @@ def test_localize_uses_the_model_thresholds_unless_given(tmp_path: Path, capsys)
     assert json.loads((out / "scores.json").read_text())["images"][0]["manipulated"] == 0
 
 
-def test_calibrate_picks_threshold_on_authentic_photos_and_saves_it(tmp_path: Path) -> None:
+def test_calibrate_picks_threshold_on_authentic_photos_and_saves_it(tmp_path: Path, capsys) -> None:
     folder = _saved(tmp_path, 0.5, 0.5)
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -100,8 +100,17 @@ def test_calibrate_picks_threshold_on_authentic_photos_and_saves_it(tmp_path: Pa
     for i in range(10):
         Image.fromarray(np.full((32, 32, 3), 20 * i, np.uint8) + rng.integers(0, 5, (32, 32, 3), dtype=np.uint8)).save(photos / f"{i}.png")
     out = tmp_path / "calibrated"
-    assert main(["calibrate", str(folder), "--authentic", str(photos), "--specificity", "0.9", "-o", str(out)]) == 0
+    # ten photos cannot show 90 % specificity with 95 % confidence: the default says so and stays above them all
+    assert main(["calibrate", str(folder), "--authentic", str(photos), "--report", str(tmp_path / "strict.json")]) == 0
+    assert "too few to show specificity 0.9 with confidence 0.95" in capsys.readouterr().out
+    strict = json.loads((tmp_path / "strict.json").read_text())
+    assert strict["image_threshold"] > max(max(s) for s in strict["authentic_scores"].values())
+    assert strict["allowed_false_alarms"]["original"] == -1 and strict["confidence"] == 0.95
+    assert main(["calibrate", str(folder), "--authentic", str(photos), "--specificity", "0.9", "--confidence", "0",
+                 "-o", str(out)]) == 0
     report = json.loads((out / "calibration.json").read_text())
+    assert report["confidence"] is None and report["allowed_false_alarms"]["original"] == 1
+    assert report["image_threshold"] == report["point_estimate_threshold"] <= strict["image_threshold"]
     model = from_pretrained(out)
     assert model.image_threshold == pytest.approx(report["image_threshold"])
     assert report["authentic_photos"] == 10

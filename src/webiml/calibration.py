@@ -35,11 +35,38 @@ def authentic_variant(image: np.ndarray, variant: str) -> np.ndarray:
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
 
-def threshold_for_specificity(authentic_scores: Sequence[float] | np.ndarray, specificity: float = 0.9) -> float:
-    """The lowest threshold ``t`` such that at least ``specificity`` of the scores are ``< t``.
+def allowed_false_alarms(n: int, specificity: float, confidence: float | None = None) -> int:
+    """How many of ``n`` calibration photos may score above the threshold.
+
+    Without ``confidence``: ``floor((1 - specificity) n)``, the point estimate. With it: the largest ``x``
+    such that a false-alarm rate of ``1 - specificity`` would give ``x`` or fewer false alarms with
+    probability at most ``1 - confidence`` (exact one-sided binomial test, the Clopper-Pearson bound): the
+    threshold then holds the specificity on *new* photos of the same kind with that confidence, not only on
+    the calibration sample (e.g. 159 photos, 0.9, 0.95 -> 9 false alarms allowed instead of 15). ``-1`` when
+    even zero false alarms are not enough evidence (too few photos).
+    """
+    if not 0.0 < specificity <= 1.0:
+        raise ValueError(f"specificity must be in (0, 1], got {specificity}")
+    if confidence is None:
+        return math.floor((1.0 - specificity) * n + 1e-9)
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    p, alpha, cdf, allowed = 1.0 - specificity, 1.0 - confidence, 0.0, -1
+    for x in range(n + 1):
+        cdf += math.comb(n, x) * p**x * (1.0 - p) ** (n - x)
+        if cdf > alpha:
+            break
+        allowed = x
+    return allowed
+
+
+def threshold_for_specificity(authentic_scores: Sequence[float] | np.ndarray, specificity: float = 0.9,
+                              confidence: float | None = None) -> float:
+    """The lowest threshold ``t`` such that at least ``specificity`` of the scores are ``< t`` (with
+    ``confidence``: such that at most :func:`allowed_false_alarms` of them are ``>= t``).
 
     The verdict rule is ``score >= t``. ``t`` lies halfway between the ``k``-th and ``k+1``-th smallest
-    scores (``k = ceil(specificity * n)``), so small score perturbations do not flip the calibration set's
+    scores (``k = n - allowed false alarms``), so small score perturbations do not flip the calibration set's
     verdicts; with ``k == n`` it lies just above the largest score.
     """
     if not 0.0 < specificity <= 1.0:
@@ -48,7 +75,7 @@ def threshold_for_specificity(authentic_scores: Sequence[float] | np.ndarray, sp
     s = s[np.isfinite(s)]
     if s.size == 0:
         raise ValueError("no finite authentic scores to calibrate on")
-    k = math.ceil(specificity * s.size - 1e-9)
+    k = s.size - max(0, allowed_false_alarms(s.size, specificity, confidence))
     if k >= s.size:
         return float(min(1.0, np.nextafter(s[-1], np.inf)))
     lo, hi = s[k - 1] if k > 0 else s[0] - 1e-6, s[k]

@@ -2,7 +2,10 @@
 
 Scores authentic photos that the model never saw in training, each also JPEG-compressed (q90, q75) and
 down-up resized (x0.5), and picks the lowest image threshold that calls at least ``--specificity`` of
-them authentic in each of these versions. Forgeries play no part in the choice. ``--check`` manifests (with forged and authentic
+them authentic in each of these versions, with ``--confidence`` (default 0.95): the specificity must hold
+for new photos of the same kind, not only for this sample, so fewer false alarms are allowed on it than the
+point estimate would (exact binomial bound, :func:`webiml.calibration.allowed_false_alarms`; ``--confidence 0``
+for the point estimate). Forgeries play no part in the choice. ``--check`` manifests (with forged and authentic
 records) then report the verdict's TPR / TNR and the image AUC at that threshold.
 
 SOURCE: a folder of photos, an image file, a manifest (its authentic records), or a photo source of
@@ -33,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--authentic", nargs="+", required=True, metavar="SOURCE",
                         help="held-out authentic photos: folders, files, manifests, or coco-panoptic:PATH / bsds:PATH (val+test splits)")
     parser.add_argument("--specificity", type=float, default=0.9, help="fraction of authentic photos to call authentic (default 0.9)")
+    parser.add_argument("--confidence", type=float, default=0.95,
+                        help="confidence that the specificity holds beyond the calibration photos (default 0.95; 0: point estimate)")
     parser.add_argument("--pixel-threshold", type=float, default=None, help="pixel threshold to store (default: the model's, else 0.5)")
     parser.add_argument("--check", nargs="*", default=[], metavar="MANIFEST", help="manifests to report TPR / TNR / image AUC on")
     parser.add_argument("-o", "--out", default=None, help="save the model with its thresholds into this folder")
@@ -63,7 +68,13 @@ def calibrate(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from webiml.calibration import VARIANTS, authentic_variant, threshold_for_specificity, verdict_rates
+    from webiml.calibration import (
+        VARIANTS,
+        allowed_false_alarms,
+        authentic_variant,
+        threshold_for_specificity,
+        verdict_rates,
+    )
     from webiml.evaluation import score_manifest
     from webiml.hub import from_pretrained
     from webiml.inference import Localizer
@@ -93,11 +104,19 @@ def calibrate(argv: list[str]) -> int:
     every = [s for v in VARIANTS for s in scores[v]]
     # The verdict must hold for every kind of copy a photo arrives as (original, re-compressed, resized), not only
     # on average: the threshold meets the specificity on each variant separately, so it is the highest of theirs.
-    per_variant = {v: threshold_for_specificity(scores[v], args.specificity) for v in VARIANTS}
+    confidence = args.confidence or None
+    per_variant = {v: threshold_for_specificity(scores[v], args.specificity, confidence) for v in VARIANTS}
     threshold = max(per_variant.values())
+    allowed = {v: allowed_false_alarms(len(scores[v]), args.specificity, confidence) for v in VARIANTS}
+    if min(allowed.values()) < 0:
+        print(f"warning: {min(len(s) for s in scores.values())} photos are too few to show specificity {args.specificity} "
+              f"with confidence {confidence}: the threshold lies above every authentic score")
     pixel = args.pixel_threshold if args.pixel_threshold is not None else float(getattr(model, "pixel_threshold", 0.5))
     report: dict[str, Any] = {
-        "model": args.model, "specificity_target": args.specificity, "image_threshold": threshold, "pixel_threshold": pixel,
+        "model": args.model, "specificity_target": args.specificity, "confidence": confidence,
+        "image_threshold": threshold, "pixel_threshold": pixel,
+        "point_estimate_threshold": max(threshold_for_specificity(scores[v], args.specificity) for v in VARIANTS),
+        "allowed_false_alarms": allowed,
         "authentic_photos": len(every) // len(VARIANTS), "variants": list(VARIANTS),
         "calibration_tnr": {v: float(sum(s < threshold for s in scores[v]) / max(1, len(scores[v]))) for v in VARIANTS},
         "per_variant_threshold": per_variant,
