@@ -5,6 +5,7 @@ the official key layout (fixture from the authors' mmseg model)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -238,11 +239,11 @@ def test_recipe_config_matches_the_authors() -> None:
 
 
 def test_official_key_fixture_maps_onto_apsc_net() -> None:
-    """tests/fixtures/apsc_net_official_keys.json: every key + shape of the authors' mmseg APSC-Net (built from
+    """tests/fixtures/apsc_net_official_keys.json.gz: every key + shape of the authors' mmseg APSC-Net (built from
     their apscnet.py config with mmcv 1.7.2): the converter's mapping covers all of them, one to one."""
     from webiml.convert.apsc_net import apsc_key_to_webiml, infer_apsc_config
 
-    official = json.loads((REPO / "tests" / "fixtures" / "apsc_net_official_keys.json").read_text())
+    official = json.loads(gzip.decompress((REPO / "tests" / "fixtures" / "apsc_net_official_keys.json.gz").read_bytes()))
     mapped = {apsc_key_to_webiml(k): tuple(v) for k, v in official.items()}
     assert None not in mapped and len(mapped) == len(official) == 578
     assert infer_apsc_config({k: torch.empty(v, device="meta") for k, v in mapped.items()}) == {"size": "base"}

@@ -1,10 +1,11 @@
 """Mesorch: output contract at odd sizes (resized and native), the DCT maps, the official key layout, the
 converter. The converter was proven against the official code (scu-zjz/Mesorch) outside the test suite (see
-checkpoints.yaml); here the official layout comes from ``fixtures/mesorch_keys.json``."""
+checkpoints.yaml); here the official layout comes from ``fixtures/mesorch_keys.json.gz``."""
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from webiml.convert import ConversionError, get_converter
 from webiml.convert.mesorch import infer_mesorch_config, mesorch_official_to_webiml
 from webiml.models.mesorch import Mesorch, dct_filtered, dct_matrix
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "mesorch_keys.json").read_text())["state_dict"]
+FIXTURE = json.loads(gzip.decompress((Path(__file__).parent / "fixtures" / "mesorch_keys.json.gz").read_bytes()))["state_dict"]
 
 
 @pytest.mark.parametrize("input_size", [96, None])

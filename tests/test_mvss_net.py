@@ -1,6 +1,6 @@
 """MVSS-Net (``webiml convert mvss-net``), its forward contract and MVSSLoss, offline.
 
-``fixtures/mvss_net_keys.json`` holds the key names and shapes of the authors' ``get_mvss(...)`` state dict
+``fixtures/mvss_net_keys.json.gz`` holds the key names and shapes of the authors' ``get_mvss(...)`` state dict
 (recorded by instantiating dong03/MVSS-Net's ``models/mvssnet.py``). The full model has 143M parameters, so
 the key mapping is checked against a model built on the meta device, and the converter round trip runs on
 the same code path at small widths (an official-layout file built from a small webiml model).
@@ -8,6 +8,7 @@ the same code path at small widths (an official-layout file built from a small w
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from webiml.models.mvss_net import MVSSNet, MVSSOutput
 from webiml.tasks.losses import MVSSLoss, squared_dice
 from webiml.tasks.losses import square_edge_band as edge_band
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "mvss_net_keys.json").read_text())
+FIXTURE = json.loads(gzip.decompress((Path(__file__).parent / "fixtures" / "mvss_net_keys.json.gz").read_bytes()))
 TINY = dict(channels=(8, 16, 32, 64), layers=(1, 2, 2, 3))
 
 

@@ -1,6 +1,6 @@
 """PSCC-Net (``webiml convert pscc-net``), its forward contract and PSCCLoss, offline.
 
-``fixtures/pscc_net_keys.json`` holds the key names and shapes of the authors' three files (recorded by
+``fixtures/pscc_net_keys.json.gz`` holds the key names and shapes of the authors' three files (recorded by
 instantiating proteus1991/PSCC-Net's models and saving them as ``train.py`` does, through ``nn.DataParallel``;
 NLCDetection.pth and DetectionHead.pth equal the released files key for key). Official-layout folders are
 built here from webiml models with random weights.
@@ -8,6 +8,7 @@ built here from webiml models with random weights.
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from pathlib import Path
@@ -26,7 +27,7 @@ from webiml.convert.pscc_net import (
 from webiml.models.pscc_net import PSCCNet
 from webiml.tasks.losses import PSCCLoss, balanced_bce, scale_target
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "pscc_net_keys.json").read_text())
+FIXTURE = json.loads(gzip.decompress((Path(__file__).parent / "fixtures" / "pscc_net_keys.json.gz").read_bytes()))
 TINY = dict(channels=(4, 8, 8, 16), stem_width=8)
 
 

@@ -2,12 +2,13 @@
 authors' phase losses and the phase task.
 
 The constructed checkpoints have the official layout of grip-unina/TruFor's ``trufor.pth.tar`` (a dict with
-``state_dict``; key names and shapes from ``fixtures/trufor_keys.json``) with random values. The equality
+``state_dict``; key names and shapes from ``fixtures/trufor_keys.json.gz``) with random values. The equality
 with the authors' code itself was measured outside the test suite (see the catalogue entry ``trufor``).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +23,7 @@ from webiml.models import create_model
 from webiml.models.trufor import TruFor, TruForOutput, min_input_size, weighted_statistics_pooling
 from webiml.tasks.trufor import TruForLoss, TruForTask, tcp_targets
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "trufor_keys.json").read_text())["state_dict"]
+FIXTURE = json.loads(gzip.decompress((Path(__file__).parent / "fixtures" / "trufor_keys.json.gz").read_bytes()))["state_dict"]
 
 
 def _random_state(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
