@@ -523,7 +523,21 @@ class KillAt(Callback):
 """
 
 
-def _fit_config(tmp_path: Path, data: Path, run: str, kill_at: int | None) -> Path:
+def _online_data(tmp_path: Path, run: str) -> dict:
+    """Forgeries generated on the fly from 20 small photos (4 steps of 4 an epoch, as the manifest data)."""
+    photos = tmp_path / "photos"
+    if not photos.exists():
+        photos.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((96, 72), Image.Resampling.BICUBIC).save(photos / f"p{i:02d}.jpg")
+    return {"class_path": "webiml.data.online.OnlineSyntheticIMLDataModule", "init_args": {
+        "photos": str(photos), "root": str(tmp_path / run / "online-data"), "samples_per_epoch": 16, "gen_size": 64, "size": 64,
+        "num_val": 2, "num_test": 0, "batch_size": 4, "num_workers": 2, "crop_size": 48, "scale": [0.75, 1.25], "jpeg_p": 0.5,
+        "pin_memory": False}}
+
+
+def _fit_config(tmp_path: Path, data: Path, run: str, kill_at: int | None, online: bool = False) -> Path:
     import yaml
 
     callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -540,7 +554,7 @@ def _fit_config(tmp_path: Path, data: Path, run: str, kill_at: int | None) -> Pa
                 "arch": "FPN", "dropout": 0.3,
                 "arch_kwargs": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32, "decoder_dropout": 0.3}}},
             "gpu_augment": {"class_path": "webiml.data.transforms.GpuAugment"}}},
-        "data": {"class_path": "webiml.data.datamodule.IMLDataModule", "init_args": {
+        "data": _online_data(tmp_path, run) if online else {"class_path": "webiml.data.datamodule.IMLDataModule", "init_args": {
             "train": str(data / "train" / "manifest.jsonl"), "batch_size": 4, "num_workers": 2, "crop_size": 48,
             "scale": [0.75, 1.25], "jpeg_p": 0.5}},
     }
@@ -549,7 +563,8 @@ def _fit_config(tmp_path: Path, data: Path, run: str, kill_at: int | None) -> Pa
     return path
 
 
-def test_fit_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path, tiny_dataset: Path) -> None:
+@pytest.mark.parametrize("online", [False, True], ids=["manifest", "online"])
+def test_fit_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path, tiny_dataset: Path, online: bool) -> None:
     import os
     import subprocess
     import sys
@@ -562,13 +577,13 @@ def test_fit_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tm
         return subprocess.run([sys.executable, "-m", "webiml", "fit", "--config", str(config), *extra], env=env,
                               capture_output=True, text=True, timeout=300)
 
-    whole = fit(_fit_config(tmp_path, tiny_dataset, "whole", None))
+    whole = fit(_fit_config(tmp_path, tiny_dataset, "whole", None, online))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    killed = fit(_fit_config(tmp_path, tiny_dataset, "parts", 6))  # 4 steps an epoch: killed in the middle of epoch 1
+    killed = fit(_fit_config(tmp_path, tiny_dataset, "parts", 6, online))  # 4 steps an epoch: killed in the middle of epoch 1
     assert killed.returncode == -9, killed.stderr[-3000:]
     first = torch.load(tmp_path / "parts" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
     assert first["global_step"] == 5
-    resumed = fit(_fit_config(tmp_path, tiny_dataset, "parts", None), "--ckpt_path", "last")
+    resumed = fit(_fit_config(tmp_path, tiny_dataset, "parts", None, online), "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = torch.load(tmp_path / "whole" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
     b = torch.load(tmp_path / "parts" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)

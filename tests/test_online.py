@@ -86,6 +86,39 @@ def test_epoch_sampler_gives_fresh_indices_and_splits_ranks() -> None:
         EpochSampler(1, world_size=2)
 
 
+def test_random_transform_depends_only_on_seed_and_index(photo_folder: Path) -> None:
+    """Worker, process and resume point do not change a sample: the transform draws from an RNG seeded by the
+    index (and the global RNG is left as it was)."""
+    transform = make_train_transform(crop_size=40, scale=(0.6, 1.4), jpeg_p=0.5, blur_p=0.5)
+    a, b = _dataset(str(photo_folder), transform=transform), _dataset(str(photo_folder), transform=transform)
+    torch.manual_seed(0)
+    first = [a[i]["image"] for i in (5, 6)]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    second = [b[i]["image"] for i in (6, 5)][::-1]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(x, y) for x, y in zip(first, second, strict=True))
+
+
+def test_epoch_sampler_skip_and_datamodule_resume_mid_epoch(tmp_path: Path, photo_folder: Path) -> None:
+    sampler = EpochSampler(8, world_size=2, rank=1)
+    sampler.set_epoch(1)
+    sampler.skip_next(2)
+    assert list(sampler) == [13, 15] and list(sampler) == [9, 11, 13, 15]  # the skip applies to one pass only
+    dm = OnlineSyntheticIMLDataModule(
+        photos=str(photo_folder), root=str(tmp_path / "data"), samples_per_epoch=24, gen_size=64, num_val=2, num_test=0,
+        size=64, batch_size=4, num_workers=0, crop_size=32, pin_memory=False,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    whole = [b["index"].tolist() for b in dm.train_dataloader()]
+    assert whole == [list(range(i, i + 4)) for i in range(0, 24, 4)]
+    dm.load_state_dict({"train_epoch": 2, "train_batches_done": 4})  # a checkpoint taken after batch 4 of epoch 2
+    assert [b["index"].tolist() for b in dm.train_dataloader()] == [[64, 65, 66, 67], [68, 69, 70, 71]]
+    dm.load_state_dict({"train_epoch": 2, "train_batches_done": 6})  # saved at the end of epoch 2: epoch 3 next
+    assert next(iter(dm.train_dataloader()))["index"].tolist() == [72, 73, 74, 75]
+
+
 def test_photo_splits_never_share_a_photo(photo_folder: Path) -> None:
     names = {split: {e.image.name for e in make_photo_pool(str(photo_folder), split=split).entries}
              for split in ("train", "val", "test")}

@@ -394,7 +394,7 @@ class IMLDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
             collate_fn=collate_skip_broken, pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0,
-            drop_last=False,
+            drop_last=False, generator=torch.Generator().manual_seed(0),  # starting an evaluation leaves the global RNG alone
         )
 
     def train_dataloader(self) -> DataLoader:

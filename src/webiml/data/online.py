@@ -10,7 +10,8 @@ that went through the same post-processing, so every batch holds authentic image
 never give the label away.
 
 :class:`EpochSampler` hands out fresh indices each epoch (epoch ``e`` reads ``[e * n, (e + 1) * n)``), so a
-run of any length sees each sample once, and a run resumed from a checkpoint sees the same samples as an
+run of any length sees each sample once, and a run resumed from a checkpoint (even mid-epoch: the datamodule's
+state travels in it) sees the same samples, with the same random transforms, as an
 uninterrupted one. :class:`OnlineSyntheticIMLDataModule` puts them together with fixed, held-out
 validation forgeries made from photos the training split never uses.
 """
@@ -119,6 +120,11 @@ class OnlineSyntheticDataset(Dataset):
         return synthesize(self.pool, rng, kinds=(kind,), p_authentic=0.0, size=size, p_jpeg=self.p_jpeg)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        with torch.random.fork_rng(devices=[]):  # the transform's draws, too, depend only on (seed, index)
+            torch.manual_seed(_sample_seed(self.seed, int(index)))
+            return self._item(int(index))
+
+    def _item(self, index: int) -> dict[str, Any]:
         f = self.forgery(int(index))
         sample = {
             "image": hwc_to_chw(f.image),
@@ -132,6 +138,11 @@ class OnlineSyntheticDataset(Dataset):
         return self.transform(sample) if self.transform is not None else sample
 
 
+def _sample_seed(seed: int, index: int, stream: int = 1) -> int:
+    """Torch seed of sample ``index``'s random transform (independent of worker, process and resume point)."""
+    return int(np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(1, np.uint64)[0] >> 1)
+
+
 class EpochSampler(Sampler[int]):
     """Indices ``[e * n, (e + 1) * n)`` in epoch ``e`` (``n = samples_per_epoch``), strided over DDP ranks.
 
@@ -143,16 +154,22 @@ class EpochSampler(Sampler[int]):
         if samples_per_epoch < world_size:
             raise ValueError(f"samples_per_epoch ({samples_per_epoch}) must be at least the number of processes ({world_size})")
         self.n, self.world, self.rank, self.epoch = int(samples_per_epoch), int(world_size), int(rank), 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def skip_next(self, n: int) -> None:
+        """Leave out the first ``n`` indices (of this rank) of the next pass only (a run resumed mid-epoch)."""
+        self._skip = max(0, int(n))
 
     def __len__(self) -> int:
         return self.n // self.world
 
     def __iter__(self) -> Iterator[int]:
         start = self.epoch * self.n
-        return iter(range(start + self.rank, start + len(self) * self.world, self.world))
+        skip, self._skip = self._skip, 0
+        return iter(range(start + self.rank + skip * self.world, start + len(self) * self.world, self.world))
 
 
 class MixedDataset(Dataset):
@@ -170,7 +187,9 @@ class MixedDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         if index % self.every == 1:
-            return self.extra[(index // self.every) % len(self.extra)]  # type: ignore[arg-type]
+            with torch.random.fork_rng(devices=[]):  # as the generated samples: a function of the index alone
+                torch.manual_seed(_sample_seed(0, int(index), stream=2))
+                return self.extra[(index // self.every) % len(self.extra)]  # type: ignore[arg-type]
         return self.generated[index]
 
 
@@ -245,9 +264,17 @@ class OnlineSyntheticIMLDataModule(SyntheticIMLDataModule):
         world, rank = self._world()
         sampler = EpochSampler(self.hparams.samples_per_epoch, world, rank)
         hp = self.hparams
+        self._train_sampler = sampler  # its epoch and the trainer's batch count go into checkpoints (state_dict)
+        resume, self._resume_position = self._resume_position, None
+        if resume is not None:  # a run resumed mid-epoch continues with the epoch's next batch
+            epoch, done = resume
+            if done >= len(sampler) // hp.batch_size:  # saved at the end of an epoch (drop_last: full batches)
+                epoch, done = epoch + 1, 0
+            sampler.set_epoch(epoch)
+            sampler.skip_next(done * hp.batch_size)
         return DataLoader(
             self._datasets["train"], batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
             collate_fn=collate_skip_broken, pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0,
-            drop_last=True,
+            drop_last=True, generator=torch.Generator().manual_seed(int(hp.seed)),  # leaves the global RNG (restored on resume) alone
         )
 
