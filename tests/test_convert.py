@@ -78,7 +78,7 @@ def test_convert_verb_round_trip(tmp_path: Path, source: APSCNet, capsys) -> Non
 def test_convert_verb_options_reach_the_model(tmp_path: Path, source: APSCNet, capsys) -> None:
     src = _save(tmp_path / "APSC-Net.pth", _official(source))
     out = tmp_path / "apsc-net"
-    assert main(["convert", "apsc-net", str(src), str(out), "--option", "dropout=0.2", "-o", "drop_path_rate=0.1"]) == 0
+    assert main(["convert", "apsc-net", str(src), str(out), "--option", "dropout=0.2", "--option", "drop_path_rate=0.1"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["dropout"] == 0.2 and config["drop_path_rate"] == 0.1 and config["dims"] == [16, 24, 40, 48]
     assert main(["convert", "apsc-net", str(src), str(tmp_path / "bad"), "--option", "no_such_argument=1"]) == 1

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="upstream checkpoint file (read with torch.load(weights_only=True)); for "
                         "pscc-net the folder of its three files, or the three files comma-separated")
     parser.add_argument("out_dir", help="output directory for config.json and model.safetensors")
-    parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a constructor argument the weights cannot tell, value read as YAML (e.g. input_size=null); repeatable")
     return parser
 
