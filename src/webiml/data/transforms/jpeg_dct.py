@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from webiml.data.transforms._base import Sample
+
+if TYPE_CHECKING:
+    from webiml.jpeg import JpegDCT
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ def _round8(n: int) -> int:
     return -(-n // 8) * 8
 
 
-def _file_dct(path: str, height: int, width: int):  # type: ignore[no-untyped-def]
+def _file_dct(path: str, height: int, width: int) -> JpegDCT | None:
     """The file's coefficients when they describe the pixels as loaded (a JPEG, stored upright, covering
     ``height`` x ``width``); ``None`` otherwise."""
     from PIL import Image
@@ -65,7 +69,7 @@ class AttachJpegDCT:
         h, w = (int(v) for v in sample.get("valid_size", (hp, wp)))
         native = "orig_size" not in sample or tuple(int(v) for v in sample["orig_size"]) == (h, w)
         path = sample.get("path")
-        dct = None
+        dct: JpegDCT | None = None
         if self.use_file and native and isinstance(path, str) and Path(path).is_file():
             try:
                 dct = _file_dct(path, h, w)
