@@ -62,9 +62,11 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
-def test_localize_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_localize_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     assert main(["localize", str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in _one_error_line(capsys)
+    assert not (tmp_path / "localize-out").exists()  # the failed run left no empty output folder
     (tmp_path / "a.png").write_bytes(b"not a png")
     assert main(["localize", str(tmp_path / "a.png"), "-m", "iml-unet-lite0-synth"]) == 2
     assert "iml-unet-lite0-synthetic" in _one_error_line(capsys)  # the close catalogue name is suggested

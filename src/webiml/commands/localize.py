@@ -112,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
 @register_verb("localize", "localize manipulations in images: heatmaps, masks, overlays, scores")
 def localize(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    created = not out.exists()
+    try:
+        return _localize(args, out)
+    finally:  # a run that wrote nothing (bad input, unknown model) leaves no empty folder behind
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _localize(args: argparse.Namespace, out: Path) -> int:
     import numpy as np
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -123,7 +133,6 @@ def localize(argv: list[str]) -> int:
     from webiml.reports import write_scores
     from webiml.viz import overlay
 
-    out = Path(args.out)
     if (problem := check_output_folder(out)) is not None:
         print(f"error: {problem}")
         return 2
