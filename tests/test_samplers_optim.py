@@ -107,7 +107,8 @@ def test_models_that_name_their_encoders_get_layer_decay_and_freezing() -> None:
         encoders = model.encoder_names
         assert {n.split(".")[0] for n, s in scale_of.items() if s < 1} == set(encoders), name
         assert all(s == 1.0 for n, s in scale_of.items() if n.split(".")[0] not in encoders), name
-        expected = {encoders[-1] + ".patch_embed1.": 0.9 ** 4, encoders[-1] + ".norm4.": 0.9}
+        stage1 = ".blocks1." if name == "SparseViT" else ".block1."
+        expected = {encoders[-1] + ".patch_embed1.": 0.9 ** 4, encoders[-1] + stage1: 0.9 ** 4, encoders[-1] + ".norm4.": 0.9}
         if name == "mesorch_tiny":
             expected.update({"convnext.stem.": 0.9 ** 5, "convnext.stages.0.": 0.9 ** 4, "convnext.stages.3.": 0.9})
         for prefix, scale in expected.items():

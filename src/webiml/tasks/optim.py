@@ -43,8 +43,9 @@ def declared_encoder_scales(named: list[tuple[str, nn.Parameter]], encoders: tup
         if encoder is None:
             continue
         rest = name[len(encoder) + 1:]
-        zero_based, one_based = _STAGE.search(rest), _NUMBERED_STAGE.search(rest)
-        stage = int(zero_based.group(1)) + 1 if zero_based else int(one_based.group(1)) if one_based else 0
+        # a number glued to the name ("blocks2") counts from 1; one after a separator ("stages.1") from 0
+        one_based, zero_based = _NUMBERED_STAGE.search(rest), _STAGE.search(rest)
+        stage = int(one_based.group(1)) if one_based else int(zero_based.group(1)) + 1 if zero_based else 0
         scales[name] = layer_decay ** (num_stages + 1 - min(stage, num_stages))
     return scales
 
