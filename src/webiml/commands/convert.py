@@ -66,11 +66,6 @@ def run(argv: list[str]) -> int:
     except ConversionError as err:
         print(f"webiml convert: error: {err}", file=sys.stderr)
         return 1
-    except (TypeError, ValueError) as err:
-        if not options:
-            raise
-        print(f"webiml convert: error: --option {', '.join(options)} does not fit {args.model}: {err}", file=sys.stderr)
-        return 1
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out_dir} ({type(model).__name__}, {n:,} parameters)")
     return 0

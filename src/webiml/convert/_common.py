@@ -136,6 +136,15 @@ def infer_preset(build: Callable[[str], torch.nn.Module], presets: Sequence[str]
                           f"{presets[0]!r}: {first}")
 
 
+def build_model(cls: Callable[..., torch.nn.Module], config: Mapping[str, Any]) -> Any:
+    """``cls(**config)``; a configuration the class refuses (an unknown or bad argument, e.g. from ``--option``) is
+    one :class:`ConversionError` line."""
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as err:
+        raise ConversionError(f"cannot build {getattr(cls, '__name__', cls)}({dict(config)}): {err}") from None
+
+
 def load_strict_and_save(model: torch.nn.Module, state: Mapping[str, Tensor], checkpoint: str | Path, out_dir: str | Path) -> None:
     """Check ``state`` against ``model`` (:func:`check_state_dict`), load it strictly, and ``save_pretrained`` into ``out_dir``."""
     check_state_dict(model, state, what=f"checkpoint {Path(checkpoint).name}")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, few_keys, load_checkpoint, load_strict_and_save
+from webiml.convert._common import ConversionError, build_model, few_keys, load_checkpoint, load_strict_and_save
 from webiml.models.adaptive_cfa import AdaptiveCFA
 
 _CFA_SHARED = {"auxiliary.0.": "spatial.", "auxiliary.1.": "pixelwise."}
@@ -46,6 +46,6 @@ def convert_adaptive_cfa(checkpoint: str | Path, out_dir: str | Path, **override
     """Convert an adaptive-CFA ``.pt`` (``pretrained.pt``, ``adapted_to_*.pt``) into a webiml :class:`AdaptiveCFA`
     directory and return the model. ``overrides`` are :class:`AdaptiveCFA` arguments (``block_size``)."""
     state = adaptive_cfa_official_to_webiml(load_checkpoint(checkpoint))
-    model = AdaptiveCFA(**overrides)
+    model = build_model(AdaptiveCFA, overrides)
     load_strict_and_save(model, state, checkpoint, out_dir)
     return model

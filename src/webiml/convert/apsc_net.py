@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, check_state_dict, few_keys, load_checkpoint
+from webiml.convert._common import ConversionError, build_model, few_keys, load_checkpoint, load_strict_and_save
 from webiml.models.apsc_net import APSC_PRESETS, APSCNet
 
 _BLOCK_OFFICIAL_TO_TIMM = {"dwconv": "conv_dw", "norm": "norm", "pwconv1": "mlp.fc1", "pwconv2": "mlp.fc2"}
@@ -140,17 +140,8 @@ def convert_apsc_net(checkpoint: str | Path, out_dir: str | Path, **overrides: A
     official = load_checkpoint(checkpoint)
     state = apsc_official_to_webiml(official)
     config = {**infer_apsc_config(state), **overrides}
-    try:
-        model = APSCNet(**config)
-    except (TypeError, ValueError) as err:
-        raise ConversionError(f"cannot build APSCNet({config}): {err}") from None
-    check_state_dict(model, state, what=f"checkpoint {Path(checkpoint).name}")
-    # Tensors are copied into the model's own dtype (the checkpoint may be half precision).
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    model = build_model(APSCNet, config)
+    load_strict_and_save(model, state, checkpoint, out_dir)  # copies into the model's dtype (checkpoints may be half)
     return model
 
 
@@ -187,21 +178,12 @@ def convert_apsc_net_ade20k(checkpoint: str | Path, out_dir: str | Path, seed: i
     if unknown:
         raise ConversionError(f"{len(unknown)} keys are not part of UperNet-ConvNeXt: {few_keys(unknown)}")
     torch.manual_seed(seed)
-    try:
-        model = APSCNet(**{"size": "base", **overrides})
-    except (TypeError, ValueError) as err:
-        raise ConversionError(f"cannot build APSCNet({overrides}): {err}") from None
+    model = build_model(APSCNet, {"size": "base", **overrides})
     own = model.state_dict()
     shared = [k for k in own if k.startswith(ADE20K_SHARED)]
     missing = [k for k in shared if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
         raise ConversionError(f"the checkpoint lacks {len(missing)} UperNet-ConvNeXt keys APSC-Net needs: {few_keys(missing)} "
                               "(expected mmseg's upernet_convnext_base_22k_640x640.pth or convnext_ade.pth)")
-    full = {**own, **state}
-    check_state_dict(model, full, what=f"checkpoint {Path(checkpoint).name}")
-    model.load_state_dict(full, strict=True)
-    model.eval()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    load_strict_and_save(model, {**own, **state}, checkpoint, out_dir)
     return model

@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from webiml.convert._common import ConversionError, few_keys, load_checkpoint, load_strict_and_save
+from webiml.convert._common import ConversionError, build_model, few_keys, load_checkpoint, load_strict_and_save
 from webiml.models.caaa_v1 import DASS, SACM, CAAAv1Classifier
 
 __all__ = [
@@ -254,10 +254,7 @@ def _convert(cls: type, rename: Callable[[Mapping[str, Tensor]], dict[str, Tenso
              overrides: dict[str, Any]) -> Any:
     state = rename(load_checkpoint(checkpoint))
     config = {**infer(state), **overrides}
-    try:
-        model = cls(**config)
-    except (TypeError, ValueError) as err:
-        raise ConversionError(f"cannot build {cls.__name__}({config}): {err}") from None
+    model = build_model(cls, config)
     load_strict_and_save(model, state, checkpoint, out_dir)
     return model
 

@@ -18,7 +18,14 @@ from typing import Any
 
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, few_keys, infer_preset, load_checkpoint, load_strict_and_save
+from webiml.convert._common import (
+    ConversionError,
+    build_model,
+    few_keys,
+    infer_preset,
+    load_checkpoint,
+    load_strict_and_save,
+)
 from webiml.models.cat_net import CAT_PRESETS, CATNet
 
 
@@ -43,10 +50,7 @@ def convert_cat_net(checkpoint: str | Path, out_dir: str | Path, **overrides: An
     the model. ``overrides`` are :class:`CATNet` arguments (``size`` is read from the weights)."""
     state = cat_net_official_to_webiml(load_checkpoint(checkpoint))
     config = {"size": infer_cat_net_size(state), **overrides}
-    try:
-        model = CATNet(**config)
-    except (TypeError, ValueError) as err:
-        raise ConversionError(f"cannot build CATNet({config}): {err}") from None
+    model = build_model(CATNet, config)
     load_strict_and_save(model, state, checkpoint, out_dir)
     return model
 

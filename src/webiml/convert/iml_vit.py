@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, few_keys, load_checkpoint, load_strict_and_save
+from webiml.convert._common import ConversionError, build_model, few_keys, load_checkpoint, load_strict_and_save
 from webiml.models.iml_vit import IMLVIT_PRESETS, IMLViT
 
 PREFIXES: tuple[tuple[str, str], ...] = (("encoder_net.", "backbone."), ("featurePyramid_net.", "neck."), ("predict_head.", "head."))
@@ -116,9 +116,6 @@ def convert_iml_vit(checkpoint: str | Path, out_dir: str | Path, **overrides: An
     """
     state = iml_vit_official_to_webiml(load_checkpoint(checkpoint))
     config = {**infer_iml_vit_config(state), **overrides}
-    try:
-        model = IMLViT(**config)
-    except (TypeError, ValueError) as err:
-        raise ConversionError(f"cannot build IMLViT({config}): {err}") from None
+    model = build_model(IMLViT, config)
     load_strict_and_save(model, state, checkpoint, out_dir)
     return model

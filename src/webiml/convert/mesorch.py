@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, few_keys, load_checkpoint, load_strict_and_save
+from webiml.convert._common import ConversionError, build_model, few_keys, load_checkpoint, load_strict_and_save
 from webiml.models.mesorch import MESORCH_PRESETS, Mesorch
 
 PARTS = ("convnext.", "segformer.", "upsample.", "inverse.", "gate.")
@@ -86,9 +86,6 @@ def convert_mesorch(checkpoint: str | Path, out_dir: str | Path, **overrides: An
     """
     state = mesorch_official_to_webiml(load_checkpoint(checkpoint))
     config = {**infer_mesorch_config(state), **overrides}
-    try:
-        model = Mesorch(**config)
-    except (TypeError, ValueError) as err:
-        raise ConversionError(f"cannot build Mesorch({config}): {err}") from None
+    model = build_model(Mesorch, config)
     load_strict_and_save(model, state, checkpoint, out_dir)
     return model

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, few_keys, load_checkpoint, load_strict_and_save
+from webiml.convert._common import ConversionError, build_model, few_keys, load_checkpoint, load_strict_and_save
 from webiml.models.mvss_net import MVSSNet
 
 _KEPT = re.compile(r"^(?:erb_db_[1-4]|erb_trans_[1-3]|sobel_[xy][1-4]|head)\.|^constrain_conv\.kernel$")
@@ -101,9 +101,6 @@ def convert_mvss_net(checkpoint: str | Path, out_dir: str | Path, **overrides: A
     """
     state = mvss_official_to_webiml(load_checkpoint(checkpoint))
     config = {**infer_mvss_config(state), **overrides}
-    try:
-        model = MVSSNet(**config)
-    except (TypeError, ValueError) as err:
-        raise ConversionError(f"cannot build MVSSNet({config}): {err}") from None
+    model = build_model(MVSSNet, config)
     load_strict_and_save(model, state, checkpoint, out_dir)
     return model

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, few_keys, load_checkpoint, load_strict_and_save
+from webiml.convert._common import ConversionError, build_model, few_keys, load_checkpoint, load_strict_and_save
 from webiml.convert.tf_bundle import read_tensor_bundle
 from webiml.models.noiseprint import Noiseprint, NoiseprintPP
 
@@ -68,7 +68,7 @@ def convert_noiseprint_pp(checkpoint: str | Path, out_dir: str | Path, **overrid
     ``overrides`` are :class:`NoiseprintPP` arguments (e.g. ``normalize_residual=False``).
     """
     state = noiseprint_pp_official_to_webiml(load_checkpoint(checkpoint))
-    model = NoiseprintPP(**overrides)
+    model = build_model(NoiseprintPP, overrides)
     load_strict_and_save(model, state, checkpoint, out_dir)
     return model
 
@@ -196,6 +196,6 @@ def convert_noiseprint(checkpoint: str | Path, out_dir: str | Path, **overrides:
         except ConversionError as err:
             raise ConversionError(f"quality {quality} ({path}): {err}") from None
         state.update({f"nets.q{quality}.{k}": v for k, v in net.items()})
-    model = Noiseprint(**{**overrides, "qualities": sorted(found)})
+    model = build_model(Noiseprint, {**overrides, "qualities": sorted(found)})
     load_strict_and_save(model, state, checkpoint, out_dir)
     return model

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, few_keys, load_checkpoint, load_strict_and_save
+from webiml.convert._common import ConversionError, build_model, few_keys, load_checkpoint, load_strict_and_save
 from webiml.models.pscc_net import PSCCNet
 
 PARTS: dict[str, str] = {"HRNet": "encoder", "NLCDetection": "localization_head", "DetectionHead": "detection_head"}
@@ -118,9 +118,6 @@ def convert_pscc_net(checkpoint: str | Path, out_dir: str | Path, **overrides: A
     files = find_pscc_files(checkpoint)
     state = pscc_official_to_webiml({part: load_checkpoint(path) for part, path in files.items()})
     config = {**infer_pscc_config(state), **overrides}
-    try:
-        model = PSCCNet(**config)
-    except (TypeError, ValueError) as err:
-        raise ConversionError(f"cannot build PSCCNet({config}): {err}") from None
+    model = build_model(PSCCNet, config)
     load_strict_and_save(model, state, checkpoint if "," not in str(checkpoint) else "HRNet/NLCDetection/DetectionHead", out_dir)
     return model

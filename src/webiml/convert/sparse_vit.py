@@ -19,7 +19,14 @@ from typing import Any
 
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, few_keys, infer_preset, load_checkpoint, load_strict_and_save
+from webiml.convert._common import (
+    ConversionError,
+    build_model,
+    few_keys,
+    infer_preset,
+    load_checkpoint,
+    load_strict_and_save,
+)
 from webiml.models.sparse_vit import SPARSE_VIT_PRESETS, SparseViT
 
 
@@ -41,10 +48,7 @@ def convert_sparse_vit(checkpoint: str | Path, out_dir: str | Path, **overrides:
     ``overrides`` are :class:`SparseViT` arguments (``size`` is read from the weights)."""
     state = sparse_vit_official_to_webiml(load_checkpoint(checkpoint, extra_safe_globals=[argparse.Namespace]))
     config = {"size": infer_sparse_vit_size(state), **overrides}
-    try:
-        model = SparseViT(**config)
-    except (TypeError, ValueError) as err:
-        raise ConversionError(f"cannot build SparseViT({config}): {err}") from None
+    model = build_model(SparseViT, config)
     load_strict_and_save(model, state, checkpoint, out_dir)
     return model
 

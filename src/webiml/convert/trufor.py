@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from webiml.convert._common import ConversionError, few_keys, load_checkpoint, load_strict_and_save
+from webiml.convert._common import ConversionError, build_model, few_keys, load_checkpoint, load_strict_and_save
 from webiml.models.trufor import MODULES, TRUFOR_PRESETS, TruFor
 
 _RE_BLOCK = re.compile(r"^backbone\.block([1-4])\.(\d+)\.")
@@ -64,6 +64,6 @@ def convert_trufor(checkpoint: str | Path, out_dir: str | Path, **overrides: Any
     :class:`TruFor` directory and return the model. ``overrides`` are :class:`TruFor` arguments (e.g.
     ``conf_head_bn_eps=1e-5``, the authors' inference container)."""
     state = trufor_official_to_webiml(load_checkpoint(checkpoint))
-    model = TruFor(**{**infer_trufor_config(state), **overrides})
+    model = build_model(TruFor, {**infer_trufor_config(state), **overrides})
     load_strict_and_save(model, state, checkpoint, out_dir)
     return model
