@@ -64,25 +64,19 @@ def collect(model_name: str, manifests: list[str], n_synthetic: int) -> dict[str
 
 
 def report(data: dict[str, Any]) -> str:
-    from webiml.calibration import image_auc, threshold_for_specificity
+    from webiml.calibration import threshold_for_specificity, verdict_rates
 
-    def auc(rows: list[dict[str, Any]], key: str) -> float | None:
-        pos = np.array([r[key] for r in rows if r["label"] == 1])
-        neg = np.array([r[key] for r in rows if r["label"] == 0])
-        return image_auc(pos, neg)
+    def rates(rows: list[dict[str, Any]], key: str, threshold: float) -> dict[str, Any]:
+        return verdict_rates([r[key] for r in rows], [r["label"] for r in rows], threshold)
 
     sets = list(data["real"])
     lines = ["| score | held-out synthetic AUC | threshold | " + " | ".join(f"{s} AUC / TPR / TNR" for s in sets) + " |",
              "|---|---|---|" + "---|" * len(sets)]
     for key in SCORES:
         threshold = max(threshold_for_specificity([r[key] for r in rows], 0.9, 0.95) for rows in data["calibration"].values())
-        cells = []
-        for s in sets:
-            rows = data["real"][s]
-            pos = np.array([r[key] for r in rows if r["label"] == 1])
-            neg = np.array([r[key] for r in rows if r["label"] == 0])
-            cells.append(f"{auc(rows, key):.3f} / {np.mean(pos >= threshold):.3f} / {np.mean(neg < threshold):.3f}")
-        lines.append(f"| {key} | {auc(data['synthetic'], key):.3f} | {threshold:.4f} | " + " | ".join(cells) + " |")
+        real = [rates(data["real"][s], key, threshold) for s in sets]
+        cells = [f"{r['image_auc']:.3f} / {r['tpr']:.3f} / {r['tnr']:.3f}" for r in real]
+        lines.append(f"| {key} | {rates(data['synthetic'], key, threshold)['image_auc']:.3f} | {threshold:.4f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
